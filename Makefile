@@ -1,0 +1,38 @@
+# Everything runs from a virtualenv that this Makefile builds from pyproject.toml;
+# nothing is installed globally. Only Python 3.11+ and make are assumed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.PHONY: serve test lint bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "kallichore needs Python 3.11 or newer (found $(PYTHON))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One stamp per extra, so `make serve` installs only what the server needs.
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-base
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	@touch $@
+
+serve: $(VENV)/.stamp-base
+	$(BIN)/kcserver $(ARGS)
+
+test: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff check kallichore tests
+	$(BIN)/ruff format --check kallichore tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""api: the REST and WebSocket surface (Quart-Trio on Hypercorn)."""

@@ -1,0 +1,1 @@
+"""session: pure session state (status machine, execution queue)."""

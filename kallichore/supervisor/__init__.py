@@ -1,0 +1,1 @@
+"""supervisor: kernel processes, sessions and the registry that owns them."""

@@ -1,0 +1,1 @@
+"""transport: moving Jupyter frames between us and a kernel (ZeroMQ, in-memory)."""

@@ -1,0 +1,1 @@
+"""wire: the Jupyter wire protocol, sans-io."""
