@@ -1,8 +1,8 @@
-"""``python -m kallichore``: the same entry point as the ``kcserver`` script."""
+"""``python -m kallichore``: ``serve`` runs the server (same flags as ``kcserver``)."""
 
 from __future__ import annotations
 
-from kallichore.cli import main
+from kallichore.cli import module_main
 
 if __name__ == "__main__":
-    main()
+    module_main()

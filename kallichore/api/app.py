@@ -1,0 +1,45 @@
+"""``create_app``: the Quart-Trio application for one server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from kallichore.api.auth import UNAUTHENTICATED, authorized
+from kallichore.api.errors import register_error_handlers
+from kallichore.api.responses import empty_response
+from kallichore.api.routes import register_routes
+
+if TYPE_CHECKING:
+    from kallichore.server import Server
+
+__all__ = ["create_app"]
+
+
+def create_app(server: Server) -> QuartTrio:
+    """The REST (and WebSocket) application serving ``server``.
+
+    Routing is on the path only; query strings are ignored. Authentication
+    runs before any handler (so 401 wins over 404 for an unknown session),
+    but after routing, so an unknown path is a plain 404.
+    """
+    app = QuartTrio("kallichore")
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024  # bytes; same as WebSocket messages
+    token = server.config.token
+
+    @app.before_request
+    async def require_token() -> Response | None:
+        if request.routing_exception is not None or request.url_rule is None:
+            return None
+        if (request.method, request.url_rule.rule) in UNAUTHENTICATED:
+            return None
+        if authorized(request.headers.get("Authorization"), token):
+            return None
+        return empty_response(401)
+
+    register_error_handlers(app)
+    register_routes(app, server)
+    return app

@@ -1,0 +1,135 @@
+"""Serving the app with Hypercorn's trio worker on a socket we bound ourselves.
+
+Two adjustments to Hypercorn's HTTP/1.1 output, both needed by real clients
+of Kallichore and both correct HTTP:
+
+* **Reason phrases.** Hypercorn writes ``HTTP/1.1 200 \\r\\n`` (an empty
+  reason). Kallichore's clients and tests look for ``HTTP/1.1 200 OK``, so
+  responses get the standard phrase for their status.
+* **One write for head and body.** A client that reads a small response with
+  a single ``read()`` (Kallichore's socket tests do) must find the status
+  line and the body together. The response head is held back until the first
+  body chunk (or the end of the message) and sent with it.
+
+Both are applied by wrapping ``H11Protocol._send_h11_event``, the one place
+Hypercorn turns h11 events into bytes. The wrapper is installed once, is
+idempotent, and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from typing import Any
+
+import h11
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.events import RawData
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from kallichore.listener import BoundListener
+
+__all__ = [
+    "HTTP_GRACEFUL_TIMEOUT",
+    "WEBSOCKET_MAX_MESSAGE_SIZE",
+    "hypercorn_config",
+    "install_h11_adjustments",
+    "serve_http",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest WebSocket message a client may send (Kallichore accepts 64 MiB).
+WEBSOCKET_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # bytes
+#: How long in-flight requests may take to finish once shutdown starts.
+HTTP_GRACEFUL_TIMEOUT = 3.0  # seconds
+
+_PATCH_MARK = "_kallichore_adjusted"
+# Where a held-back response head waits for its first body chunk.
+_HEAD_ATTR = "_kallichore_head"
+
+
+def _reason(status_code: int) -> bytes:
+    try:
+        return http.HTTPStatus(status_code).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def install_h11_adjustments() -> None:
+    """Wrap Hypercorn's h11 event sender (see module docstring). Idempotent."""
+    original = H11Protocol._send_h11_event
+    if getattr(original, _PATCH_MARK, False):
+        return
+
+    async def send_h11_event(self: H11Protocol, event: Any) -> None:
+        if isinstance(event, h11.Response | h11.InformationalResponse) and not event.reason:
+            event = type(event)(
+                status_code=event.status_code,
+                headers=event.headers,
+                http_version=event.http_version,
+                reason=_reason(event.status_code),
+            )
+        if isinstance(event, h11.Response):
+            try:
+                setattr(self, _HEAD_ATTR, self.connection.send(event))
+            except h11.LocalProtocolError:
+                if self.connection.their_state != h11.ERROR:
+                    raise
+            return
+        head = getattr(self, _HEAD_ATTR, None)
+        if head is None:
+            await original(self, event)
+            return
+        setattr(self, _HEAD_ATTR, None)
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            data = b""
+        await self.send(RawData(data=head + (data or b"")))
+
+    setattr(send_h11_event, _PATCH_MARK, True)
+    H11Protocol._send_h11_event = send_h11_event  # type: ignore[method-assign]
+
+
+def hypercorn_config() -> HypercornConfig:
+    """Hypercorn settings for kallichore."""
+    config = HypercornConfig()
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_SIZE
+    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
+    config.include_server_header = False
+    config.accesslog = None
+    config.errorlog = logging.getLogger("kallichore.http")
+    return config
+
+
+async def serve_http(
+    app: Any,
+    listener: BoundListener,
+    *,
+    shutdown_trigger: Any,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the already-bound ``listener`` until ``shutdown_trigger`` returns.
+
+    Reports Hypercorn's bind descriptions through ``task_status`` once serving.
+
+    **Cancellation:** cancelling stops serving at once; a triggered shutdown
+    instead drains in-flight requests for up to ``HTTP_GRACEFUL_TIMEOUT``.
+    """
+    install_h11_adjustments()
+    config = hypercorn_config()
+    sockets = Sockets(secure_sockets=[], insecure_sockets=[listener.sock], quic_sockets=[])
+    await worker_serve(
+        wrap_app(app, config.wsgi_max_body_size, "asgi"),
+        config,
+        sockets=sockets,
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )

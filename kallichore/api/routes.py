@@ -1,0 +1,141 @@
+"""REST handlers, named after the operationIds in ``kallichore.json``.
+
+Handlers are thin: parse the body (:mod:`kallichore.api.converter`), call
+into the server's services, build the response. Errors are raised as
+:class:`~kallichore.errors.KallichoreError` and turned into bodies by
+:mod:`kallichore.api.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from quart import Quart, Response, request
+
+from kallichore.api.converter import format_timestamp, parse_body, unstructure
+from kallichore.api.models import ClientHeartbeat, LogLevel, ServerConfiguration, ServerStatus
+from kallichore.api.responses import json_response, null_response
+from kallichore.config import (
+    MAX_IDLE_SHUTDOWN_HOURS,
+    MAX_SAMPLE_INTERVAL_MS,
+    MIN_SAMPLE_INTERVAL_MS,
+    idle_shutdown_period,
+)
+from kallichore.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from kallichore.server import Server
+
+__all__ = ["MAX_PID", "build_server_status", "register_routes"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest process id a heartbeat may name (pid_t is a signed 32-bit int).
+MAX_PID = 2**31 - 1
+
+
+def build_server_status(server: Server) -> ServerStatus:
+    """The ``serverStatus`` figures (kallichore-behaviour.md section 2.4.13)."""
+    stats = server.registry.statistics()
+    now = trio.current_time()
+    uptime = now - server.started_at
+    if stats.sessions == 0:
+        idle_seconds = uptime
+    elif stats.latest_idle_since is not None:
+        idle_seconds = now - stats.latest_idle_since
+    else:
+        idle_seconds = 0.0
+    busy_seconds = now - stats.earliest_busy_since if stats.earliest_busy_since else 0.0
+    return ServerStatus(
+        sessions=stats.sessions,
+        active=stats.active,
+        busy=stats.busy,
+        idle_seconds=int(idle_seconds),
+        busy_seconds=int(busy_seconds),
+        uptime_seconds=int(uptime),
+        version=server.config.api_version,
+        process_id=server.process_id,
+        started=format_timestamp(server.started_wall),
+        server_id=server.server_id,
+    )
+
+
+async def _body() -> bytes:
+    """The raw request body, whatever the Content-Type says."""
+    data = await request.get_data(as_text=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def _validate_configuration(body: ServerConfiguration) -> ServerConfiguration:
+    """Check every field before anything is applied (all or nothing)."""
+    hours = body.idle_shutdown_hours
+    if hours is not None and hours > MAX_IDLE_SHUTDOWN_HOURS:
+        raise BadRequestError("idle_shutdown_hours is too large")
+    interval = body.resource_sample_interval_ms
+    if interval is not None:
+        if interval < 0:
+            raise BadRequestError("resource_sample_interval_ms must be non-negative")
+        if interval > MAX_SAMPLE_INTERVAL_MS:
+            raise BadRequestError(
+                f"resource_sample_interval_ms is too large (maximum {MAX_SAMPLE_INTERVAL_MS})"
+            )
+    return body
+
+
+def register_routes(app: Quart, server: Server) -> None:
+    """Attach every handler to ``app``."""
+
+    @app.get("/status")
+    async def server_status() -> Response:
+        return json_response(unstructure(build_server_status(server)))
+
+    @app.get("/server_configuration")
+    async def get_server_configuration() -> Response:
+        hours = server.idle_shutdown_hours
+        config = ServerConfiguration(
+            idle_shutdown_hours=hours if hours is not None and hours >= 0 else None,
+            resource_sample_interval_ms=server.sampler.interval_ms,
+            log_level=LogLevel(server.config.log_level) if server.config.log_level else None,
+        )
+        return json_response(unstructure(config))
+
+    @app.post("/server_configuration")
+    async def set_server_configuration() -> Response:
+        body = _validate_configuration(
+            parse_body(await _body(), ServerConfiguration, name="ServerConfiguration")
+        )
+        if body.idle_shutdown_hours is not None:
+            server.idle_shutdown_hours = body.idle_shutdown_hours
+            server.idle.set_period(idle_shutdown_period(body.idle_shutdown_hours))
+        if body.resource_sample_interval_ms is not None:
+            interval = body.resource_sample_interval_ms
+            if 0 < interval < MIN_SAMPLE_INTERVAL_MS:
+                interval = MIN_SAMPLE_INTERVAL_MS
+            server.sampler.set_interval(interval)
+            logger.info("Resource sample interval set to %d ms", interval)
+        if body.log_level is not None:
+            logger.info(
+                "Ignoring log_level %s: it cannot change while running", body.log_level.value
+            )
+        return null_response()
+
+    @app.post("/client_heartbeat")
+    async def client_heartbeat() -> Response:
+        body = parse_body(await _body(), ClientHeartbeat, name="ClientHeartbeat")
+        if body.process_id is not None and not 0 <= body.process_id <= MAX_PID:
+            raise BadRequestError(f"process_id must be between 0 and {MAX_PID}")
+        server.idle.track_client(body.process_id)
+        server.idle.nudge()
+        return null_response()
+
+    @app.post("/shutdown")
+    async def shutdown_server() -> Response:
+        server.request_shutdown("requested by a client (POST /shutdown)")
+        return null_response()
+
+    @app.get("/sessions")
+    async def list_sessions() -> Response:
+        sessions = server.registry.list()
+        return json_response({"total": len(sessions), "sessions": []})

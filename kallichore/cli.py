@@ -1,0 +1,280 @@
+"""The ``kcserver`` command line (and ``python -m kallichore serve``).
+
+Flags, defaults, validation messages and exit codes follow Kallichore's
+``kcserver`` 0.1.64 (kallichore-behaviour.md section 1), so Positron can launch
+us unchanged:
+
+====  ==========================================================
+code  when
+====  ==========================================================
+0     ``--help``, ``--version``; graceful exit after ``POST /shutdown``,
+      SIGINT/SIGTERM or idle shutdown
+1     invalid flag combination, bind failure, unreadable or bad token
+      file, connection file or handshake failure, log file failure
+2     usage error: unknown flag, malformed number
+====  ==========================================================
+
+Flags we add: ``--handshake-socket`` (newer Positron) and ``--api-version``
+(report another Kallichore version in ``/status`` for a newer client pin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import trio
+
+from kallichore import API_VERSION, __version__
+from kallichore.config import (
+    MAX_TOKEN_CHARS,
+    ConfigError,
+    ServerConfig,
+    generate_token,
+    parse_log_level,
+    select_transport,
+)
+from kallichore.logs import configure_logging
+from kallichore.process_name import set_process_name
+
+__all__ = ["build_parser", "main", "module_main"]
+
+logger = logging.getLogger(__name__)
+
+PROCESS_NAME = "kcserver"
+U16_MAX = 65535
+
+
+def _u16(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value <= U16_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is not in 0..={U16_MAX}")
+    return value
+
+
+def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
+    """The argument parser; each flag has Kallichore's meaning and default."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="A Jupyter kernel supervisor, compatible with Kallichore's kcserver.",
+    )
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"kcserver {API_VERSION} (kallichore {__version__})",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=_u16,
+        default=0,
+        help="TCP port to listen on at 127.0.0.1 (0, the default, lets the OS choose); TCP transport only",
+    )
+    parser.add_argument(
+        "-t",
+        "--token",
+        help="file holding the bearer token (read, then deleted), or 'none' to disable "
+        "authentication; by default a random token is generated",
+    )
+    parser.add_argument("--log-file", help="also write the log to this file (truncated at start)")
+    parser.add_argument(
+        "-l",
+        "--log-level",
+        help="trace, debug, info, warn or error (default: $RUST_LOG, else info)",
+    )
+    parser.add_argument(
+        "--connection-file",
+        help="write connection details (JSON, mode 0600) to this file once listening; "
+        "makes the socket transport the default on Unix",
+    )
+    parser.add_argument(
+        "--handshake-socket",
+        help="send the connection details once to this client-owned Unix socket",
+    )
+    parser.add_argument(
+        "-i",
+        "--idle-shutdown-hours",
+        type=_u16,
+        help="exit after this many hours without activity (0 means 30 seconds; default: never)",
+    )
+    parser.add_argument(
+        "-r",
+        "--resource-sample-interval",
+        type=_u16,
+        default=1000,
+        help="milliseconds between resource-usage samples (0 disables; default 1000)",
+    )
+    parser.add_argument(
+        "--socket-dir",
+        help="directory for server-created sockets (default: $XDG_RUNTIME_DIR, else the temp dir)",
+    )
+    parser.add_argument(
+        "--unix-socket", help="listen on this Unix socket (implies --transport socket)"
+    )
+    parser.add_argument(
+        "--transport",
+        help="tcp, socket (Unix) or named-pipe (Windows); default tcp, or socket "
+        "when --connection-file or --unix-socket is given",
+    )
+    parser.add_argument(
+        "--api-version",
+        default=API_VERSION,
+        help=f"Kallichore version to report in /status (default {API_VERSION})",
+    )
+    return parser
+
+
+def _read_token(spec: str | None) -> tuple[str | None, bool]:
+    """Resolve ``--token``: ``(token, generated)``; the token file is deleted.
+
+    Raises:
+        ConfigError: the file cannot be read, is empty, or is too long.
+    """
+    if spec is None:
+        return generate_token(), True
+    if spec == "none":
+        return None, False
+    try:
+        with open(spec, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"Failed to read token file {spec}: {reason}") from None
+    if not token:
+        raise ConfigError(f"Token file {spec} is empty")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ConfigError(
+            f"Token in {spec} is {len(token)} characters long (maximum: {MAX_TOKEN_CHARS})"
+        )
+    try:
+        os.unlink(spec)
+    except OSError as exc:
+        print(f"Warning: could not delete token file {spec}: {exc.strerror}", file=sys.stderr)
+    return token, False
+
+
+def _config_from_args(args: argparse.Namespace, log_level: str | None) -> tuple[ServerConfig, bool]:
+    transport = select_transport(
+        transport=args.transport,
+        unix_socket=args.unix_socket,
+        connection_file=args.connection_file,
+        port=args.port,
+    )
+    token, generated = _read_token(args.token)
+    config = ServerConfig(
+        transport=transport,
+        port=args.port,
+        unix_socket=args.unix_socket,
+        socket_dir=args.socket_dir,
+        token=token,
+        connection_file=args.connection_file,
+        handshake_socket=args.handshake_socket,
+        log_file=args.log_file,
+        log_level=log_level,
+        idle_shutdown_hours=args.idle_shutdown_hours,
+        resource_sample_interval_ms=args.resource_sample_interval,
+        api_version=args.api_version,
+        server_path=os.path.abspath(sys.argv[0]),
+    )
+    return config, generated
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoReturn:
+    """Run the server from the command line; never returns."""
+    args = build_parser(prog).parse_args(argv)
+    level, reported_level, level_warning = parse_log_level(
+        args.log_level, os.environ.get("RUST_LOG")
+    )
+    if level_warning:
+        print(level_warning)
+    try:
+        config, generated = _config_from_args(args, reported_level)
+    except ConfigError as exc:
+        _fail(str(exc))
+    secrets = [config.token] if config.token else []
+    try:
+        configure_logging(level, log_file=config.log_file, secrets=secrets)
+    except OSError as exc:
+        _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
+    set_process_name(PROCESS_NAME)
+    try:
+        trio.run(_run_until_shutdown, config, generated)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+async def _run_until_shutdown(config: ServerConfig, token_generated: bool) -> None:
+    from kallichore.server import Server, ServerAddress, serve
+
+    server = Server(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def forward_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if server.shutdown_requested.is_set():
+                        logger.info("Received %s; already shutting down", name)
+                    else:
+                        server.request_shutdown(f"received {name}")
+
+            async def serve_then_stop(
+                task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve(config, server=server, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(forward_signals)
+            address = await nursery.start(serve_then_stop)
+            _print_banner(address, config, token_generated)
+
+
+def _print_banner(address: object, config: ServerConfig, token_generated: bool) -> None:
+    from kallichore.server import ServerAddress
+
+    assert isinstance(address, ServerAddress)
+    if address.transport == "tcp":
+        print(f"Listening at 127.0.0.1:{address.port}")
+    else:
+        print(f"Listening on Unix socket: {address.socket_path}")
+    print(
+        f"kallichore: a Jupyter kernel supervisor. Version {config.api_version} (kallichore {__version__})."
+    )
+    if token_generated and config.connection_file is None and config.handshake_socket is None:
+        # Printed, never logged: the log file must not hold the token.
+        print(f"Bearer token: {config.token}")
+    sys.stdout.flush()
+
+
+def module_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """``python -m kallichore <command>``: ``serve`` runs the server."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "serve":
+        main(args[1:], prog="python -m kallichore serve")
+    if args and args[0] in ("-V", "--version"):
+        print(f"kallichore {__version__} (Kallichore API {API_VERSION})")
+        sys.exit(0)
+    print("usage: python -m kallichore serve [kcserver flags]", file=sys.stderr)
+    print("       python -m kallichore serve --help   for the flags", file=sys.stderr)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    sys.exit(0 if args and args[0] in ("-h", "--help") else 2)

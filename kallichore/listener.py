@@ -1,0 +1,157 @@
+"""Binding the server's listening socket, before anything else happens.
+
+The socket is bound and listening before the connection file is written, so a
+client that reads the file can connect at once. Binding is synchronous and
+happens before the HTTP server starts; the HTTP layer takes the bound socket.
+
+Unix sockets are created with mode 0600 (the umask is narrowed around
+``bind``, so there is no window where the file is wider), their directory is
+created (0700) when missing, the path length is checked up front with a clear
+message, and :meth:`BoundListener.close` removes the file. Unlike Kallichore,
+which unlinks whatever is at the path, we only replace a *stale* socket: a
+live server's socket or a regular file is an error, never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+
+import attrs
+
+from kallichore.config import UNIX_SOCKET_PATH_LIMIT, ConfigError, ServerConfig, Transport
+from kallichore.config import default_socket_path as _default_socket_path
+
+__all__ = ["LISTEN_BACKLOG", "BoundListener", "bind_listener", "check_socket_path"]
+
+logger = logging.getLogger(__name__)
+
+#: Pending-connection queue length for the main socket.
+LISTEN_BACKLOG = 128  # connections
+#: Host the TCP transport binds; never anything but loopback.
+TCP_HOST = "127.0.0.1"
+
+
+@attrs.define(eq=False)
+class BoundListener:
+    """A listening socket and how clients reach it.
+
+    Attributes:
+        sock: the bound, listening socket (owned; closed by :meth:`close`).
+        transport: TCP or Unix socket.
+        port: the TCP port (TCP only).
+        socket_path: the socket file (Unix only); removed by :meth:`close`.
+    """
+
+    sock: socket.socket
+    transport: Transport
+    port: int | None = None
+    socket_path: str | None = None
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def describe(self) -> str:
+        """The line printed on stdout once bound (Kallichore's wording)."""
+        if self.transport is Transport.TCP:
+            return f"Listening at {TCP_HOST}:{self.port}"
+        return f"Listening on Unix socket: {self.socket_path}"
+
+    def close(self) -> None:
+        """Close the socket and remove its file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+
+
+def check_socket_path(path: str) -> None:
+    """Raise :class:`ConfigError` if ``path`` is too long to bind."""
+    length = len(os.fsencode(path))
+    if length > UNIX_SOCKET_PATH_LIMIT:
+        raise ConfigError(
+            f"Unix socket path too long: {length} characters "
+            f"(maximum: {UNIX_SOCKET_PATH_LIMIT}). Path: {path}"
+        )
+
+
+def bind_listener(config: ServerConfig) -> BoundListener:
+    """Bind the server socket described by ``config``.
+
+    Raises:
+        ConfigError: the port is in use, the socket path is too long or taken
+            by a live server or another file, the directory cannot be made.
+    """
+    if config.transport is Transport.TCP:
+        return _bind_tcp(config.port)
+    if config.transport is Transport.SOCKET:
+        path = config.unix_socket or _default_socket_path(config.socket_dir, pid=os.getpid())
+        return bind_unix(path)
+    raise ConfigError(f"Transport {config.transport.value} is not supported on this platform")
+
+
+def _bind_tcp(port: int) -> BoundListener:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((TCP_HOST, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"Failed to bind {TCP_HOST}:{port}: {exc.strerror or exc}") from None
+    return BoundListener(sock=sock, transport=Transport.TCP, port=sock.getsockname()[1])
+
+
+def bind_unix(path: str) -> BoundListener:
+    """Bind a Unix socket at ``path`` with mode 0600 (see module docstring)."""
+    path = os.path.abspath(path)
+    check_socket_path(path)
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"Failed to create socket directory {directory}: {exc.strerror or exc}"
+        ) from None
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"Failed to bind Unix socket {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    return BoundListener(sock=sock, transport=Transport.SOCKET, socket_path=path)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(
+            f"Failed to bind Unix socket {path}: a file that is not a socket is there"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ConfigError(f"Failed to bind Unix socket {path}: {exc.strerror}") from None
+        logger.info("Removing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    else:
+        raise ConfigError(f"Failed to bind Unix socket {path}: another server is listening there")
+    finally:
+        probe.close()

@@ -1,0 +1,49 @@
+"""Suite-wide rules.
+
+Every ``async def`` test runs under :func:`trio.fail_after`, so a hang fails
+fast instead of freezing CI (trio-websocket's rule). The default budget is
+:data:`DEFAULT_TIME_LIMIT` seconds of the test's clock (virtual seconds under
+``autojump_clock``); ``@pytest.mark.time_limit(n)`` changes it for one test.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import trio
+
+DEFAULT_TIME_LIMIT = 30.0  # seconds
+#: Under ``autojump_clock`` the budget is virtual time, which jumps; tests that
+#: model hours of idleness get a budget of virtual weeks by default.
+AUTOJUMP_TIME_LIMIT = 14 * 24 * 3600.0  # virtual seconds
+
+
+def _with_time_limit(
+    fn: Callable[..., Coroutine[Any, Any, Any]], seconds: float
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with trio.fail_after(seconds):
+            return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        if not inspect.iscoroutinefunction(item.obj):
+            continue
+        marker = item.get_closest_marker("time_limit")
+        if marker:
+            seconds = float(marker.args[0])
+        elif "autojump_clock" in item.fixturenames:
+            seconds = AUTOJUMP_TIME_LIMIT
+        else:
+            seconds = DEFAULT_TIME_LIMIT
+        item.obj = _with_time_limit(item.obj, seconds)
