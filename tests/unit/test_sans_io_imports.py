@@ -1,0 +1,122 @@
+"""The sans-io layer stays sans-io: no event loop, sockets or web framework.
+
+Parses (never imports) every module under ``kallichore/wire/`` plus
+``kallichore/errors.py`` and fails on an import of trio, zmq, quart, quart_trio
+or hypercorn -- at module level or inside a function, absolute or relative.
+``kallichore/__init__.py`` is checked too: it runs whenever any of these modules
+is imported, so a trio import there would leak into the sans-io layer.
+Imports of other ``kallichore`` modules must stay inside the checked set, so the
+rule cannot be dodged through an internal module that does the I/O import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = SOURCE_ROOT / "kallichore"
+FORBIDDEN = frozenset({"trio", "zmq", "quart", "quart_trio", "hypercorn"})
+SANS_IO_FILES = sorted(
+    [
+        *(PACKAGE_ROOT / "wire").rglob("*.py"),
+        PACKAGE_ROOT / "errors.py",
+        PACKAGE_ROOT / "__init__.py",
+    ]
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SOURCE_ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _package_of(path: Path) -> str:
+    """The package relative imports in ``path`` are resolved against."""
+    name = _module_name(path)
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``name`` is a module or package of this source tree."""
+    base = SOURCE_ROOT.joinpath(*name.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+SANS_IO_MODULES = frozenset(_module_name(p) for p in SANS_IO_FILES)
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """Absolute names of the modules ``source`` imports, anywhere in its body.
+
+    ``from m import x`` yields ``m``, plus ``m.x`` when that is a module of this
+    source tree (otherwise ``x`` is just an attribute of ``m``).
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(
+                f"{module}.{alias.name}"
+                for alias in node.names
+                if _is_module(f"{module}.{alias.name}")
+            )
+    return names
+
+
+def _imports_of(path: Path) -> set[str]:
+    return imported_modules(path.read_text(encoding="utf-8"), _package_of(path))
+
+
+def test_the_sans_io_set_is_found() -> None:
+    assert {
+        "kallichore",
+        "kallichore.errors",
+        "kallichore.wire",
+        "kallichore.wire.codec",
+        "kallichore.wire.message",
+        "kallichore.wire.connection_file",
+    } <= SANS_IO_MODULES
+
+
+@pytest.mark.parametrize("path", SANS_IO_FILES, ids=_module_name)
+def test_no_io_imports(path: Path) -> None:
+    offending = sorted(name for name in _imports_of(path) if name.split(".")[0] in FORBIDDEN)
+    assert not offending, f"{_module_name(path)} imports {offending}"
+
+
+@pytest.mark.parametrize("path", SANS_IO_FILES, ids=_module_name)
+def test_internal_imports_stay_sans_io(path: Path) -> None:
+    outside = sorted(
+        name
+        for name in _imports_of(path)
+        if name.split(".")[0] == "kallichore" and name not in SANS_IO_MODULES
+    )
+    assert not outside, f"{_module_name(path)} imports non-sans-io modules {outside}"
+
+
+def test_the_checker_catches_violations() -> None:
+    source = (
+        "import trio.lowlevel\n"
+        "from zmq import Context\n"
+        "from . import codec\n"
+        "from ..transport import base\n"
+        "def f():\n"
+        "    import hypercorn.trio\n"
+    )
+    names = imported_modules(source, "kallichore.wire")
+    assert {"trio.lowlevel", "zmq", "hypercorn.trio"} <= names
+    assert {"kallichore.wire", "kallichore.wire.codec", "kallichore.transport"} <= names
+    assert "kallichore.transport" not in SANS_IO_MODULES
