@@ -1,0 +1,550 @@
+"""ZeroMQ sockets bridged into trio, and the kernel's five channels.
+
+pyzmq has no trio integration, so :class:`TrioZmqSocket` drives a plain
+(synchronous) :class:`zmq.Socket` with non-blocking calls and waits on the
+socket's notification file descriptor (``zmq.FD``) with
+:func:`trio.lowlevel.wait_readable`.
+
+Theory of operation
+-------------------
+
+``zmq.FD`` is not the network socket: it is libzmq's internal mailbox signal,
+and it is **edge-triggered** with respect to what we care about. It becomes
+readable when the I/O thread posts commands ("a message arrived", "the peer
+drained its queue"); *any* call that processes those commands -- ``send``,
+``recv``, ``getsockopt(EVENTS)``, even ``bind``/``connect``, by any task --
+clears it, whether or not
+the caller was interested in the change. The only reliable readiness test is
+``getsockopt(zmq.EVENTS)``. Three rules follow (zeromq/pyzmq#1177):
+
+1. Before sleeping on the FD, check ``EVENTS``; sleep only if the wanted flag
+   is absent. libzmq guarantees that after such a check any later change is
+   signalled on the FD again. (No checkpoint may sit between the check and the
+   sleep; in trio a plain ``if``/``await`` pair is atomic.)
+2. After waking, re-check ``EVENTS`` rather than trusting the wake-up.
+3. After every operation by *another* task on the same socket (a send while a
+   receive is pending, an ``EVENTS`` check by a second waiter), the edge the
+   sleeper was waiting for may have been consumed. So whoever touched the socket re-checks ``EVENTS`` and, if
+   it shows a flag some sleeper wants, wakes the sleepers.
+
+trio lets only one task wait for readability of a given fd at a time, yet a
+receiver (wanting ``POLLIN``) and a sender held back by the high-water mark
+(wanting ``POLLOUT``) may both need to sleep. So exactly one waiting task --
+the *FD watcher* -- sits in ``wait_readable`` inside a private
+:class:`trio.CancelScope`; any other waiter parks in a
+:class:`trio.lowlevel.ParkingLot`. "Waking the sleepers" (rule 3) means
+cancelling the watcher's private scope and unparking the lot; each woken task
+re-checks ``EVENTS`` and either proceeds or sleeps again. Wake-ups happen only
+when ``EVENTS`` shows a flag that some sleeper wants, and that sleeper then
+proceeds, so the scheme cannot ping-pong.
+
+Concurrency contract: one receiving task per socket at a time (a second one
+gets :class:`trio.BusyResourceError`), any number of senders, serialised in
+FIFO order by a :class:`trio.StrictFIFOLock`. A multipart message is handed to
+libzmq in one synchronous ``send_multipart(..., NOBLOCK)`` call, which libzmq
+accepts whole or not at all, so parts can never interleave.
+
+Errors are mapped at this seam, in the style of httpcore's ``map_exceptions``:
+callers see :class:`TransportError` / :class:`TransportClosedError`, never
+``zmq.ZMQError`` or :class:`trio.ClosedResourceError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar, cast
+
+import attrs
+import trio
+import zmq
+
+from kallichore.transport.base import FrameSocket
+
+__all__ = [
+    "CHANNELS",
+    "HEARTBEAT_PAYLOAD",
+    "REGISTRATION_LINGER",
+    "KernelSockets",
+    "TransportClosedError",
+    "TransportError",
+    "TrioZmqSocket",
+    "heartbeat_once",
+    "open_kernel_sockets",
+    "open_registration_socket",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The kernel channels :func:`open_kernel_sockets` expects endpoints for.
+CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+
+#: Payload of a heartbeat ping (the kernel echoes it back).
+HEARTBEAT_PAYLOAD = b"kallichore-heartbeat"
+
+#: How long libzmq keeps trying to deliver the registration socket's reply
+#: after it is closed. Closing never blocks the caller; delivery continues on
+#: libzmq's I/O thread.
+REGISTRATION_LINGER = 1000  # milliseconds
+
+# errno values meaning "this socket (or its context) is gone".
+_CLOSED_ERRNOS = frozenset({errno.ENOTSOCK, zmq.ETERM})
+
+_T = TypeVar("_T")
+
+
+class TransportError(Exception):
+    """ZeroMQ reported an error on a kernel socket."""
+
+
+class TransportClosedError(TransportError):
+    """The socket was closed (by us, or its ZeroMQ context was terminated)."""
+
+
+# What _map_exceptions translates; everything else propagates unchanged.
+_MAPPED_ERRORS = (zmq.ZMQError, trio.ClosedResourceError)
+
+
+def _translate(exc: zmq.ZMQError | trio.ClosedResourceError) -> TransportError:
+    """The exception this seam raises in place of ``exc``."""
+    if isinstance(exc, trio.ClosedResourceError):
+        return TransportClosedError("socket was closed while a task was waiting on it")
+    if exc.errno in _CLOSED_ERRNOS:
+        return TransportClosedError(str(exc))
+    return TransportError(str(exc))
+
+
+@contextlib.contextmanager
+def _map_exceptions() -> Iterator[None]:
+    """Translate ZeroMQ and trio errors into this module's exceptions.
+
+    ``zmq.Again`` must be handled inside the block; it is a normal outcome of a
+    non-blocking call, not an error.
+    """
+    try:
+        yield
+    except _MAPPED_ERRORS as exc:
+        raise _translate(exc) from exc
+
+
+@attrs.define(eq=False, repr=False)
+class TrioZmqSocket:
+    """A synchronous pyzmq socket made usable from trio tasks.
+
+    Wraps (and from then on owns) a :class:`zmq.Socket`; do not use the raw
+    socket directly afterwards, or readiness notifications may be lost. See
+    the module docstring for the readiness scheme and concurrency contract.
+    Satisfies :class:`kallichore.transport.base.FrameSocket`.
+
+    Args:
+        sock: the socket to drive; it may already be bound or connected.
+    """
+
+    _sock: zmq.Socket[bytes]
+    # libzmq's notification fd for _sock; valid until _sock is closed.
+    _fd: int = attrs.field(init=False)
+    # e.g. "DEALER"; cached because the socket cannot be queried once closed.
+    _type_name: str = attrs.field(init=False)
+    # Set once by close(); every operation checks it before touching _sock.
+    _closed: bool = attrs.field(init=False, default=False)
+    # Serialises senders in FIFO order (held across a POLLOUT wait).
+    _send_lock: trio.StrictFIFOLock = attrs.field(init=False, factory=trio.StrictFIFOLock)
+    # True while a task is inside receive_multipart (at most one may be).
+    _receiving: bool = attrs.field(init=False, default=False)
+    # Scope of the one task currently in wait_readable(_fd), or None.
+    # Cancelling it wakes that task so it re-checks EVENTS.
+    _watcher_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
+    # Waiting tasks other than the FD watcher.
+    _parked: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    # Number of tasks currently inside _wait_for(POLLIN) / _wait_for(POLLOUT).
+    _waiting_in: int = attrs.field(init=False, default=0)
+    _waiting_out: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        with _map_exceptions():
+            self._fd = cast(int, self._sock.getsockopt(zmq.FD))
+            self._type_name = zmq.SocketType(cast(int, self._sock.getsockopt(zmq.TYPE))).name
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<TrioZmqSocket {self._type_name} closed>"
+        try:
+            endpoint = _last_endpoint(self._sock)
+        except zmq.ZMQError:
+            endpoint = "?"
+        return f"<TrioZmqSocket {self._type_name} {endpoint or 'unconnected'}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    @property
+    def raw(self) -> zmq.Socket[bytes]:
+        """The wrapped socket, for reading options (``LAST_ENDPOINT``, ...).
+
+        ``bind``/``connect`` on it are fine before any task waits on this
+        socket. While one does, anything that processes libzmq's commands
+        (``send``, ``recv``, ``poll``, ``getsockopt(EVENTS)``, ``bind``,
+        ``connect``) bypasses the readiness bookkeeping and can leave the
+        waiting task asleep forever.
+        """
+        return self._sock
+
+    async def send_multipart(self, frames: Sequence[bytes]) -> None:
+        """Send one multipart message, waiting while the high-water mark is hit.
+
+        Args:
+            frames: the message parts, in order.
+
+        **Cancellation:** safe. If :class:`trio.Cancelled` is raised, no part
+        of the message was handed to ZeroMQ; once it is handed over, the call
+        returns normally.
+
+        **Errors:**
+            TransportClosedError: the socket is (or gets) closed.
+            TransportError: any other ZeroMQ error (e.g. ``EFSM`` on a strict
+                REQ socket, ``EHOSTUNREACH`` on a mandatory ROUTER).
+        """
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._operate(lambda: self._sock.send_multipart(frames, zmq.NOBLOCK), zmq.POLLOUT)
+        finally:
+            lock.release()
+
+    async def receive_multipart(self) -> list[bytes]:
+        """Wait for the next multipart message and return its frames.
+
+        Always checkpoints, even when a message is already queued.
+
+        **Cancellation:** safe. If :class:`trio.Cancelled` is raised, no
+        message was consumed; it stays queued for the next call.
+
+        **Errors:**
+            TransportClosedError: the socket is closed, or :meth:`close` is
+                called while this call is waiting.
+            TransportError: any other ZeroMQ error (e.g. ``EFSM`` when a REQ
+                socket has no request outstanding).
+            trio.BusyResourceError: another task is already receiving on this
+                socket.
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this socket")
+        self._receiving = True
+        try:
+            return await self._operate(
+                lambda: self._sock.recv_multipart(zmq.NOBLOCK, copy=True), zmq.POLLIN
+            )
+        finally:
+            self._receiving = False
+
+    def close(self) -> None:
+        """Close the socket now; idempotent.
+
+        Tasks blocked in :meth:`send_multipart` or :meth:`receive_multipart`
+        wake up with :class:`TransportClosedError`. Unsent messages are kept or
+        dropped according to the socket's ``LINGER`` option; closing itself
+        never blocks.
+        """
+        if self._closed:
+            return
+        # Order per trio.lowlevel.notify_closing: mark closed, wake waiters,
+        # close. No checkpoint in between, so no task can start a new wait.
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # outside trio.run nobody can be waiting
+            trio.lowlevel.notify_closing(self._fd)
+        self._parked.unpark_all()
+        self._sock.close()
+        logger.debug("closed %s zmq socket (fd %d)", self._type_name, self._fd)
+
+    # -- readiness machinery (see the module docstring) -----------------------
+
+    async def _operate(self, op: Callable[[], _T], flag: int) -> _T:
+        """Run the non-blocking ``op``, waiting for ``flag`` while it would block."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # Same translation as _map_exceptions, spelled as a plain try: this is
+        # the per-message path, where a try statement is free and a
+        # generator-based context manager costs about a microsecond.
+        try:
+            self._check_open()
+            try:
+                result = op()
+            except zmq.Again:
+                pass
+            else:
+                self._wake_if_wanted()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return result
+            while True:
+                # _wait_for always executes a checkpoint, so this path needs
+                # no extra one after a successful op.
+                await self._wait_for(flag)
+                try:
+                    result = op()
+                except zmq.Again:
+                    continue
+                self._wake_if_wanted()
+                return result
+        except _MAPPED_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    async def _wait_for(self, flag: int) -> None:
+        """Return once ``EVENTS`` shows ``flag``; always checkpoints.
+
+        Raises raw ``zmq.ZMQError`` / :class:`trio.ClosedResourceError`; the
+        caller translates them.
+        """
+        if flag == zmq.POLLIN:
+            self._waiting_in += 1
+        else:
+            self._waiting_out += 1
+        try:
+            events = self._events()
+            if events & flag:
+                await trio.lowlevel.checkpoint()
+                return
+            while True:
+                if events & self._wanted():
+                    # Our check may have consumed an edge another sleeper needs.
+                    self._wake_sleepers()
+                if self._watcher_scope is None:
+                    with trio.CancelScope() as scope:
+                        self._watcher_scope = scope
+                        try:
+                            await trio.lowlevel.wait_readable(self._fd)
+                        finally:
+                            self._watcher_scope = None
+                            # Whatever happened (wake-up, kick, cancellation,
+                            # close), let a parked task re-check and, if it
+                            # still has to wait, take over the FD.
+                            self._parked.unpark_all()
+                else:
+                    await self._parked.park()
+                events = self._events()
+                if events & flag:
+                    return
+        finally:
+            if flag == zmq.POLLIN:
+                self._waiting_in -= 1
+            else:
+                self._waiting_out -= 1
+
+    def _wanted(self) -> int:
+        """The union of the flags tasks are currently waiting for."""
+        return (zmq.POLLIN if self._waiting_in else 0) | (zmq.POLLOUT if self._waiting_out else 0)
+
+    def _events(self) -> int:
+        """``getsockopt(EVENTS)``: the socket's true readiness (clears the FD)."""
+        self._check_open()
+        return cast(int, self._sock.getsockopt(zmq.EVENTS))
+
+    def _wake_if_wanted(self) -> None:
+        """After an operation: wake sleepers if their flag is now set (rule 3)."""
+        if (self._waiting_in or self._waiting_out) and self._events() & self._wanted():
+            self._wake_sleepers()
+
+    def _wake_sleepers(self) -> None:
+        if self._watcher_scope is not None:
+            self._watcher_scope.cancel()
+        self._parked.unpark_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosedError(f"{self._type_name} socket is closed")
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_frame_socket(sock: TrioZmqSocket) -> FrameSocket:
+        return sock  # mypy checks TrioZmqSocket against the protocol here
+
+
+def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
+    """The endpoint ``sock`` was last bound or connected to (``""`` if none)."""
+    return cast(bytes, sock.getsockopt(zmq.LAST_ENDPOINT)).decode("utf-8", "replace")
+
+
+@attrs.define(eq=False)
+class KernelSockets:
+    """The five connected sockets of one kernel (see :func:`open_kernel_sockets`)."""
+
+    #: DEALER, identity = the session's identity.
+    shell: TrioZmqSocket
+    #: DEALER, identity = the session's identity.
+    control: TrioZmqSocket
+    #: DEALER, identity = the session's identity.
+    stdin: TrioZmqSocket
+    #: SUB, subscribed to everything, unbounded receive queue.
+    iopub: TrioZmqSocket
+    #: REQ, relaxed and correlated (see :func:`heartbeat_once`).
+    hb: TrioZmqSocket
+
+    def __iter__(self) -> Iterator[TrioZmqSocket]:
+        return iter((self.shell, self.control, self.stdin, self.iopub, self.hb))
+
+    def close(self) -> None:
+        """Close all five sockets (idempotent)."""
+        for sock in self:
+            sock.close()
+
+
+def _connected_socket(
+    context: zmq.Context[zmq.Socket[bytes]],
+    socket_type: int,
+    endpoint: str,
+    options: Sequence[tuple[int, int | bytes]],
+) -> zmq.Socket[bytes]:
+    """Create a socket, set ``options`` (before connecting), connect it."""
+    sock = context.socket(socket_type)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        for option, value in options:
+            sock.setsockopt(option, value)
+        sock.connect(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def open_kernel_sockets(
+    endpoints: Mapping[str, str],
+    *,
+    identity: bytes,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+) -> AsyncIterator[KernelSockets]:
+    """Create and connect the sockets for talking to one kernel.
+
+    shell, control and stdin are DEALERs whose ZeroMQ identity is
+    ``identity``; iopub is a SUB subscribed to everything (set before
+    connecting) with ``RCVHWM = 0``, so ZeroMQ never drops kernel output --
+    any loss happens only in our own bounded buffers upstream; hb is a REQ with
+    ``REQ_RELAXED`` and ``REQ_CORRELATE`` (see :func:`heartbeat_once`). All
+    have ``LINGER = 0``. ZeroMQ connects in the background: returning from
+    here does not mean the kernel is reachable (wait for a reply, bounded by
+    the caller's cancel scope, to learn that).
+
+    Args:
+        endpoints: ``tcp://ip:port`` for each name in :data:`CHANNELS`; extra
+            keys are ignored.
+        identity: routing identity of the DEALER sockets (the session id).
+        context: ZeroMQ context; defaults to the process-wide
+            ``zmq.Context.instance()``.
+
+    Yields:
+        The connected sockets; all are closed when the block exits, however
+        it exits.
+
+    **Cancellation:** opening checkpoints once, before creating anything.
+    Closing is synchronous, so cancellation cannot leave a socket open.
+
+    **Errors:**
+        ValueError: an endpoint is missing.
+        TransportError: ZeroMQ refused to create or connect a socket (bad
+            endpoint, too many open files); sockets already made are closed.
+    """
+    missing = [name for name in CHANNELS if name not in endpoints]
+    if missing:
+        raise ValueError(f"missing endpoints for kernel channels: {', '.join(missing)}")
+    await trio.lowlevel.checkpoint()
+    ctx = zmq.Context.instance() if context is None else context
+    dealer_options: list[tuple[int, int | bytes]] = [(zmq.IDENTITY, identity)]
+    plan: list[tuple[str, int, list[tuple[int, int | bytes]]]] = [
+        ("shell", zmq.DEALER, dealer_options),
+        ("control", zmq.DEALER, dealer_options),
+        ("stdin", zmq.DEALER, dealer_options),
+        ("iopub", zmq.SUB, [(zmq.SUBSCRIBE, b""), (zmq.RCVHWM, 0)]),
+        ("hb", zmq.REQ, [(zmq.REQ_RELAXED, 1), (zmq.REQ_CORRELATE, 1)]),
+    ]
+    made: dict[str, TrioZmqSocket] = {}
+    try:
+        with _map_exceptions():
+            for name, socket_type, options in plan:
+                raw = _connected_socket(ctx, socket_type, endpoints[name], options)
+                made[name] = TrioZmqSocket(raw)
+        sockets = KernelSockets(**made)
+        logger.debug("connected kernel sockets %r (identity %r)", dict(endpoints), identity)
+        yield sockets
+    finally:
+        for sock in made.values():
+            sock.close()
+
+
+async def heartbeat_once(sock: FrameSocket, payload: bytes = HEARTBEAT_PAYLOAD) -> None:
+    """Send one heartbeat ping and wait for the kernel's echo.
+
+    There is no timeout parameter: bound the call with a cancel scope
+    (``with trio.move_on_after(5): ...``) and treat cancellation as a missed
+    beat.
+
+    Args:
+        sock: the ``hb`` socket from :func:`open_kernel_sockets`.
+        payload: the single frame to send.
+
+    **Cancellation:** safe to cancel while waiting for the reply. The ``hb``
+    socket is a REQ with ``REQ_RELAXED`` (so it may send again although the
+    last reply never came) and ``REQ_CORRELATE`` (so a late reply to an
+    abandoned ping is discarded instead of answering the next one): call
+    ``heartbeat_once`` again on the same socket after a missed beat.
+
+    **Errors:**
+        TransportClosedError: the socket is (or gets) closed.
+        TransportError: any other ZeroMQ error.
+    """
+    await sock.send_multipart([payload])
+    reply = await sock.receive_multipart()
+    if reply != [payload]:
+        logger.debug("heartbeat reply %r differs from ping %r", reply, payload)
+
+
+@contextlib.asynccontextmanager
+async def open_registration_socket(
+    ip: str = "127.0.0.1",
+    *,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+) -> AsyncIterator[tuple[TrioZmqSocket, int]]:
+    """Bind the JEP 66 registration socket: a REP on ``tcp://{ip}:0``.
+
+    The kernel connects to it and sends one ``handshake_request``; the caller
+    receives it, sends one reply and leaves the block. The reply is delivered
+    even though the socket closes right after sending (``LINGER`` is
+    :data:`REGISTRATION_LINGER`).
+
+    Args:
+        ip: address to bind.
+        context: ZeroMQ context; defaults to ``zmq.Context.instance()``.
+
+    Yields:
+        ``(socket, port)``: the bound socket and the port the OS picked (read
+        from ``LAST_ENDPOINT``). The socket is closed when the block exits.
+
+    **Cancellation:** opening checkpoints once; closing is synchronous.
+
+    **Errors:**
+        TransportError: the bind failed (the spec's KS-17 case).
+    """
+    await trio.lowlevel.checkpoint()
+    ctx = zmq.Context.instance() if context is None else context
+    with _map_exceptions():
+        raw = ctx.socket(zmq.REP)
+        try:
+            raw.setsockopt(zmq.LINGER, REGISTRATION_LINGER)
+            raw.bind(f"tcp://{ip}:0")
+            endpoint = _last_endpoint(raw)
+        except BaseException:
+            raw.close(linger=0)
+            raise
+    port = int(endpoint.rsplit(":", 1)[1])
+    sock = TrioZmqSocket(raw)
+    logger.debug("registration socket bound at %s", endpoint)
+    try:
+        yield sock, port
+    finally:
+        sock.close()
