@@ -101,6 +101,7 @@ class Server:
 
     def __attrs_post_init__(self) -> None:
         self.idle_shutdown_hours = self.config.idle_shutdown_hours
+        self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(
             idle_shutdown_period(self.config.idle_shutdown_hours),
             self.registry.is_active,

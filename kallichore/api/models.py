@@ -15,9 +15,17 @@ import attrs
 
 __all__ = [
     "ClientHeartbeat",
+    "ConnectionInfo",
+    "InterruptMode",
     "LogLevel",
+    "NewSession",
+    "RestartSession",
     "ServerConfiguration",
     "ServerStatus",
+    "SessionMode",
+    "StartupEnvironment",
+    "VarAction",
+    "VarActionType",
 ]
 
 
@@ -64,3 +72,95 @@ class ServerStatus:
     process_id: int
     started: str
     server_id: str
+
+
+class VarActionType(enum.Enum):
+    """How an environment action changes a variable."""
+
+    REPLACE = "replace"
+    APPEND = "append"
+    PREPEND = "prepend"
+
+
+class InterruptMode(enum.Enum):
+    """``interrupt_mode``: SIGINT to the kernel, or an ``interrupt_request``."""
+
+    SIGNAL = "signal"
+    MESSAGE = "message"
+
+
+class SessionMode(enum.Enum):
+    """``session_mode``: what the session is for (stored and echoed only)."""
+
+    CONSOLE = "console"
+    NOTEBOOK = "notebook"
+    BACKGROUND = "background"
+
+
+class StartupEnvironment(enum.Enum):
+    """``startup_environment``: how the kernel's environment is prepared."""
+
+    NONE = "none"
+    SHELL = "shell"
+    COMMAND = "command"
+    SCRIPT = "script"
+
+
+@attrs.frozen
+class VarAction:
+    """``varAction``: one change to the kernel's environment."""
+
+    action: VarActionType
+    name: str
+    value: str
+
+
+@attrs.frozen
+class NewSession:
+    """``newSession``: the body of ``PUT /sessions``.
+
+    ``session_mode`` and ``startup_environment`` are optional here although
+    the spec requires them: older Positron builds omit them (and send
+    ``run_in_shell`` instead of ``startup_environment``).
+    """
+
+    session_id: str
+    display_name: str
+    language: str
+    username: str
+    input_prompt: str
+    continuation_prompt: str
+    argv: list[str]
+    working_directory: str
+    env: list[VarAction]
+    interrupt_mode: InterruptMode
+    session_mode: SessionMode = SessionMode.CONSOLE
+    startup_environment: StartupEnvironment | None = None
+    startup_environment_arg: str | None = None
+    notebook_uri: str | None = None
+    connection_timeout: int | None = None
+    protocol_version: str | None = None
+    run_in_shell: bool | None = None
+
+
+@attrs.frozen
+class RestartSession:
+    """``restartSession``: optional new settings for a restart."""
+
+    working_directory: str | None = None
+    env: list[VarAction] | None = None
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """``connectionInfo``: where a kernel's five sockets are (for adopt)."""
+
+    control_port: int
+    shell_port: int
+    stdin_port: int
+    hb_port: int
+    iopub_port: int
+    signature_scheme: str
+    key: str
+    transport: str
+    ip: str

@@ -9,13 +9,24 @@ into the server's services, build the response. Errors are raised as
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import trio
 from quart import Quart, Response, request
 
 from kallichore.api.converter import format_timestamp, parse_body, unstructure
-from kallichore.api.models import ClientHeartbeat, LogLevel, ServerConfiguration, ServerStatus
+from kallichore.api.models import (
+    ClientHeartbeat,
+    ConnectionInfo,
+    LogLevel,
+    NewSession,
+    RestartSession,
+    ServerConfiguration,
+    ServerStatus,
+    StartupEnvironment,
+    VarAction,
+)
 from kallichore.api.responses import json_response, null_response
 from kallichore.config import (
     MAX_IDLE_SHUTDOWN_HOURS,
@@ -23,7 +34,10 @@ from kallichore.config import (
     MIN_SAMPLE_INTERVAL_MS,
     idle_shutdown_period,
 )
-from kallichore.errors import BadRequestError
+from kallichore.errors import BadRequestError, ErrorCode
+from kallichore.supervisor.launch import find_on_path
+from kallichore.supervisor.session import SessionSpec
+from kallichore.wire import connection_file as wire_connection
 
 if TYPE_CHECKING:
     from kallichore.server import Server
@@ -34,6 +48,55 @@ logger = logging.getLogger(__name__)
 
 #: Largest process id a heartbeat may name (pid_t is a signed 32-bit int).
 MAX_PID = 2**31 - 1
+#: Bounds on a session's ``connection_timeout``.
+MAX_CONNECTION_TIMEOUT = 24 * 3600  # seconds
+DEFAULT_CONNECTION_TIMEOUT = 30  # seconds
+DEFAULT_PROTOCOL_VERSION = "5.3"
+
+
+def _env_actions(actions: list[VarAction] | None) -> tuple[tuple[str, str, str], ...]:
+    return tuple((a.action.value, a.name, a.value) for a in actions or ())
+
+
+def session_spec(body: NewSession) -> SessionSpec:
+    """Validate a ``newSession`` body (after parsing) and build the spec.
+
+    Raises:
+        BadRequestError: KS-19 when ``argv[0]`` is not found on the server's
+            PATH; 400 for a bad ``connection_timeout``.
+    """
+    if body.argv and find_on_path(body.argv[0], os.environ.get("PATH", "")) is None:
+        raise BadRequestError(
+            f"Kernel path not found: {body.argv[0]}", code=ErrorCode.KERNEL_PATH_NOT_FOUND
+        )
+    timeout = body.connection_timeout
+    if timeout is None:
+        timeout = DEFAULT_CONNECTION_TIMEOUT
+    elif not 1 <= timeout <= MAX_CONNECTION_TIMEOUT:
+        raise BadRequestError(
+            f"connection_timeout must be between 1 and {MAX_CONNECTION_TIMEOUT} seconds"
+        )
+    startup = body.startup_environment
+    if startup is None:
+        startup = StartupEnvironment.SHELL if body.run_in_shell else StartupEnvironment.NONE
+    return SessionSpec(
+        session_id=body.session_id,
+        argv=tuple(body.argv),
+        display_name=body.display_name,
+        language=body.language,
+        username=body.username,
+        input_prompt=body.input_prompt,
+        continuation_prompt=body.continuation_prompt,
+        session_mode=body.session_mode.value,
+        working_directory=body.working_directory,
+        env=_env_actions(body.env),
+        interrupt_mode=body.interrupt_mode.value,
+        startup_environment=startup.value,
+        startup_environment_arg=body.startup_environment_arg,
+        notebook_uri=body.notebook_uri,
+        connection_timeout=float(timeout),
+        protocol_version=body.protocol_version or DEFAULT_PROTOCOL_VERSION,
+    )
 
 
 def build_server_status(server: Server) -> ServerStatus:
@@ -137,5 +200,60 @@ def register_routes(app: Quart, server: Server) -> None:
 
     @app.get("/sessions")
     async def list_sessions() -> Response:
-        sessions = server.registry.list()
-        return json_response({"total": len(sessions), "sessions": []})
+        sessions = [s.to_json() for s in server.registry.list()]
+        return json_response({"total": len(sessions), "sessions": sessions})
+
+    @app.put("/sessions")
+    async def new_session() -> Response:
+        body = parse_body(await _body(), NewSession, name="NewSession")
+        session = server.registry.create(session_spec(body))
+        return json_response({"session_id": session.session_id})
+
+    @app.get("/sessions/<session_id>")
+    async def get_session(session_id: str) -> Response:
+        return json_response(server.registry.get(session_id).to_json())
+
+    @app.delete("/sessions/<session_id>")
+    async def delete_session(session_id: str) -> Response:
+        server.registry.delete(session_id)
+        return null_response()
+
+    @app.post("/sessions/<session_id>/start")
+    async def start_session(session_id: str) -> Response:
+        session = server.registry.get(session_id)
+        return json_response(await session.start())
+
+    @app.post("/sessions/<session_id>/restart")
+    async def restart_session(session_id: str) -> Response:
+        session = server.registry.get(session_id)
+        data = await _body()
+        body = RestartSession()
+        if data.strip() and data.strip() != b"null":
+            body = parse_body(data, RestartSession, name="RestartSession")
+        await session.restart(body.working_directory or None, _env_actions(body.env) or None)
+        return null_response()
+
+    @app.post("/sessions/<session_id>/kill")
+    async def kill_session(session_id: str) -> Response:
+        await server.registry.get(session_id).kill()
+        return null_response()
+
+    @app.post("/sessions/<session_id>/interrupt")
+    async def interrupt_session(session_id: str) -> Response:
+        await server.registry.get(session_id).interrupt()
+        return null_response()
+
+    @app.put("/sessions/<session_id>/adopt")
+    async def adopt_session(session_id: str) -> Response:
+        session = server.registry.get(session_id)
+        body = parse_body(await _body(), ConnectionInfo, name="ConnectionInfo")
+        try:
+            info = wire_connection.ConnectionInfo.from_json_dict(unstructure(body))
+        except ValueError as exc:
+            raise BadRequestError(f"Invalid connection info: {exc}") from None
+        return json_response(await session.adopt(info))
+
+    @app.get("/sessions/<session_id>/connection_info")
+    async def connection_info(session_id: str) -> Response:
+        info = server.registry.get(session_id).get_connection_info()
+        return json_response(info.to_json_dict())

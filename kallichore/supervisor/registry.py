@@ -11,33 +11,18 @@ are computed here from the sessions' own statistics.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable
 
 import attrs
 import trio
 
-from kallichore.errors import SessionNotFoundError
+from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
+from kallichore.supervisor.ports import PortReservations
+from kallichore.supervisor.session import KernelSession, SessionSpec
 
-__all__ = ["RegistryStatistics", "SessionLike", "SessionRegistry"]
+__all__ = ["RegistryStatistics", "SessionRegistry"]
 
 logger = logging.getLogger(__name__)
-
-
-class SessionLike(Protocol):
-    """What the registry needs from a session to aggregate it."""
-
-    @property
-    def session_id(self) -> str: ...
-
-    def is_busy(self) -> bool: ...
-
-    def is_exited(self) -> bool: ...
-
-    def is_connected(self) -> bool: ...
-
-    def busy_since(self) -> float | None: ...
-
-    def idle_since(self) -> float | None: ...
 
 
 @attrs.frozen
@@ -64,18 +49,59 @@ class RegistryStatistics:
 class SessionRegistry:
     """All sessions of one server, in creation order."""
 
-    _sessions: dict[str, SessionLike] = attrs.field(factory=dict, init=False)
+    #: Called on activity that should postpone idle shutdown.
+    on_activity: Callable[[], None] = lambda: None
+    _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
     # The nursery sessions run in; set by run().
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    # Ports handed to kernels and not yet released (shared by all sessions).
+    ports: PortReservations = attrs.field(factory=PortReservations, init=False)
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def list(self) -> list[SessionLike]:
+    def list(self) -> list[KernelSession]:
         """Every session, in creation order."""
         return list(self._sessions.values())
 
-    def get(self, session_id: str) -> SessionLike:
+    def create(self, spec: SessionSpec) -> KernelSession:
+        """Register a new session (not started).
+
+        Raises:
+            SessionStateError: the id is taken (KS-0, 400).
+        """
+        if spec.session_id in self._sessions:
+            raise SessionStateError(
+                ErrorCode.SESSION_EXISTS,
+                f"Session {spec.session_id} already exists",
+                http_status=400,
+            )
+        if self._nursery is None:
+            raise RuntimeError("the registry is not running")
+        session = KernelSession(spec, self._nursery, self.ports, self._activity)
+        self._sessions[spec.session_id] = session
+        logger.info("Created session %s (%s)", spec.session_id, spec.display_name)
+        return session
+
+    def delete(self, session_id: str) -> None:
+        """Forget a session that has no kernel.
+
+        Raises:
+            SessionNotFoundError: unknown id.
+            SessionStateError: a kernel is running or starting (KS-2, 400).
+        """
+        session = self.get(session_id)
+        if session.is_running():
+            raise SessionStateError(
+                ErrorCode.SESSION_RUNNING, f"Session {session_id} is running", http_status=400
+            )
+        del self._sessions[session_id]
+        logger.info("Deleted session %s", session_id)
+
+    def _activity(self) -> None:
+        self.on_activity()
+
+    def get(self, session_id: str) -> KernelSession:
         """The session with this id.
 
         Raises:
@@ -110,9 +136,19 @@ class SessionRegistry:
 
     def sample_resources(self, interval_ms: int) -> None:
         """Measure the sessions that have a client attached (resource sampler)."""
+        for session in self._sessions.values():
+            if session.connected:
+                session.sample_resources(interval_ms)
 
     async def shutdown_all(self) -> None:
         """Stop every running session, concurrently, each within its own bound."""
+        running = [s for s in self._sessions.values() if s.is_running()]
+        if not running:
+            return
+        logger.info("Stopping %d running session(s)", len(running))
+        async with trio.open_nursery() as nursery:
+            for session in running:
+                nursery.start_soon(session.shutdown)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the sessions' nursery until cancelled.

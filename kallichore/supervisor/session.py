@@ -1,0 +1,1143 @@
+"""One kernel session: its process, its ZeroMQ connection, its state.
+
+Task tree of a running kernel (one *incarnation*; a restart makes a new one)::
+
+    registry nursery
+    └── KernelSession._run_kernel          owns the incarnation's nursery
+        ├── _watch_exit                    waits for the process; cancels the rest on exit
+        ├── KernelProcess.pump_output      stdout/stderr lines -> ``output`` events
+        ├── _read_iopub                    status tracking, forwarding
+        ├── _read_replies (shell/control/stdin)
+        └── _monitor_heartbeat             offline / back online
+
+Start is ``await registry_nursery.start(session._run_kernel)``: everything
+before ``task_status.started(kernel_info)`` -- spawning, the JEP 66 handshake
+or the connection file, connecting, the first ``kernel_info_request`` --
+raises straight out of ``start()`` as a :class:`~kallichore.errors.StartupError`.
+The connect phase races the process: if the kernel dies first, the error
+comes at once with its exit code and output, not after the timeout. The
+whole start is bounded by ``connection_timeout``; on timeout the kernel is
+killed.
+
+Stopping is cancellation of the incarnation's scope. Before the scope is
+left, a still-running kernel gets a ``shutdown_request`` on control (unless
+the stop is a kill) and a bounded wait; then the ladder in
+:func:`~kallichore.supervisor.process.terminate_process_group` (SIGTERM, then
+SIGKILL, then a sweep of the process group) runs shielded. Every path ends
+in the same cleanup: status ``exited``, execution queue cleared (the client is
+told what was dropped), reserved ports released, an ``exited`` event.
+
+A session never raises into the registry's nursery after ``started()``:
+kernel exit, crash or a protocol fault is a status change, not an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+import psutil
+import trio
+import zmq
+
+from kallichore.errors import (
+    ErrorCode,
+    KallichoreError,
+    RemoteProtocolError,
+    SessionStateError,
+    StartupError,
+)
+from kallichore.session.execution_queue import ExecutionQueue
+from kallichore.session.outbox import Outbox
+from kallichore.session.state import SessionStatus, StatusTracker
+from kallichore.supervisor import launch
+from kallichore.supervisor.ports import PortPickError, PortReservations
+from kallichore.supervisor.process import (
+    KernelProcess,
+    spawn_kernel_process,
+    terminate_process_group,
+)
+from kallichore.transport.zmq import (
+    KernelSockets,
+    TransportError,
+    TrioZmqSocket,
+    heartbeat_once,
+    open_kernel_sockets,
+    open_registration_socket,
+)
+from kallichore.wire.codec import Deserializer, ReplayWindow, Signer, serialize
+from kallichore.wire.connection_file import (
+    ConnectionInfo,
+    encode_connection_file,
+    encode_registration_file,
+    generate_key,
+    handshake_reply_content,
+    parse_handshake_request,
+    uses_registration_handshake,
+)
+from kallichore.wire.message import WireMessage, new_header, short_msg_id
+
+__all__ = ["KernelSession", "SessionSpec"]
+
+logger = logging.getLogger(__name__)
+
+#: Wait for a kernel to exit after ``shutdown_request``.
+SHUTDOWN_POLITE_GRACE = 5.0  # seconds
+#: Wait for a kernel to exit after SIGTERM.
+SHUTDOWN_TERM_GRACE = 3.0  # seconds
+#: A heartbeat reply later than this marks the kernel offline.
+HEARTBEAT_TIMEOUT = 5.0  # seconds
+#: Pause between heartbeats.
+HEARTBEAT_INTERVAL = 2.0  # seconds
+#: How long to wait for an iopub message before asking for kernel_info again
+#: to prove the iopub subscription (kernels without a JEP 65 welcome).
+IOPUB_CONFIRM_INTERVAL = 0.25  # seconds
+#: Bound on a kill's wait for the process to be gone.
+KILL_WAIT = 5.0  # seconds
+#: Resource tree is re-read every this many samples (children come and go).
+TREE_REFRESH_TICKS = 5  # samples
+
+_CHANNELS_TO_KERNEL = ("shell", "control", "stdin")
+# iopub message types that are output (may be dropped under overflow).
+_DROPPABLE_IOPUB = frozenset(
+    {
+        "stream",
+        "display_data",
+        "update_display_data",
+        "execute_result",
+        "execute_input",
+        "clear_output",
+    }
+)
+
+
+@attrs.frozen(kw_only=True)
+class SessionSpec:
+    """What a client asked for in ``PUT /sessions`` (the ``newSession`` model)."""
+
+    session_id: str
+    argv: tuple[str, ...]
+    display_name: str
+    language: str
+    username: str
+    input_prompt: str
+    continuation_prompt: str
+    session_mode: str
+    working_directory: str
+    env: tuple[tuple[str, str, str], ...]
+    interrupt_mode: str
+    startup_environment: str = "none"
+    startup_environment_arg: str | None = None
+    notebook_uri: str | None = None
+    connection_timeout: float = 30.0
+    protocol_version: str = "5.3"
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _format_time(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@attrs.define(eq=False)
+class _Incarnation:
+    """One run of a kernel (a process, or an adopted connection)."""
+
+    process: KernelProcess | None
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    sockets: KernelSockets | None = None
+    # Set when the incarnation's cleanup is complete.
+    done: trio.Event = attrs.field(factory=trio.Event)
+    exit_code: int | None = None
+    # Kill skips the polite shutdown_request.
+    kill: bool = False
+    restart: bool = False
+    # Output lines captured while starting, for a startup error.
+    startup_output: list[str] = attrs.field(factory=list)
+    starting: bool = True
+    iopub_seen: trio.Event = attrs.field(factory=trio.Event)
+    # msg_ids of requests we sent ourselves (kernel_info); their replies and
+    # busy/idle are not forwarded.
+    internal: set[str] = attrs.field(factory=set)
+    replies: dict[str, trio.MemorySendChannel[WireMessage]] = attrs.field(factory=dict)
+    ports: tuple[int, ...] = ()
+    send_lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
+
+
+@attrs.define(eq=False)
+class KernelSession:
+    """A session: the spec, its state, and the kernel behind it (if any).
+
+    Created by the registry; its kernels run in the registry's nursery.
+    """
+
+    spec: SessionSpec
+    _nursery: trio.Nursery
+    _ports: PortReservations
+    _on_activity: Callable[[], None] = lambda: None
+    key: str = attrs.field(factory=generate_key, repr=False)
+    created: dt.datetime = attrs.field(factory=_utc_now)
+    tracker: StatusTracker = attrs.field(factory=StatusTracker)
+    kernel_info: dict[str, Any] = attrs.field(factory=dict)
+    initial_env: dict[str, str] = attrs.field(factory=dict)
+    connection_info: ConnectionInfo | None = attrs.field(default=None, repr=False)
+    execution_queue: ExecutionQueue = attrs.field(factory=ExecutionQueue)
+    outbox: Outbox = attrs.field(factory=Outbox)
+    connected: bool = False
+    resource_usage: dict[str, int] | None = None
+    socket_path: str | None = None
+    exit_code: int | None = None
+    working_directory: str = attrs.field(init=False)
+    env_actions: tuple[tuple[str, str, str], ...] = attrs.field(init=False)
+    input_prompt: str = attrs.field(init=False)
+    continuation_prompt: str = attrs.field(init=False)
+    # The current incarnation, while one runs.
+    _current: _Incarnation | None = attrs.field(default=None, init=False)
+    _busy_starting: bool = attrs.field(default=False, init=False)
+    _restarting: bool = attrs.field(default=False, init=False)
+    # Woken whenever the outbox gains a frame.
+    outbox_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _signer: Signer = attrs.field(init=False, repr=False)
+    _resource_procs: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
+    _resource_ticks: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.working_directory = self.spec.working_directory
+        self.env_actions = self.spec.env
+        self.input_prompt = self.spec.input_prompt
+        self.continuation_prompt = self.spec.continuation_prompt
+        self._signer = Signer(self.key.encode("ascii"))
+
+    def __repr__(self) -> str:
+        return f"<KernelSession {self.spec.session_id!r} {self.status.value}>"
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.spec.session_id
+
+    @property
+    def status(self) -> SessionStatus:
+        """The current status."""
+        return self.tracker.status
+
+    @property
+    def process_id(self) -> int | None:
+        """PID of the running kernel process, if any."""
+        current = self._current
+        if current is None or current.process is None or current.process.returncode is not None:
+            return None
+        return current.process.pid
+
+    def is_busy(self) -> bool:
+        return self.tracker.status is SessionStatus.BUSY
+
+    def is_exited(self) -> bool:
+        return self.tracker.status is SessionStatus.EXITED
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def busy_since(self) -> float | None:
+        return self.tracker.busy_since
+
+    def idle_since(self) -> float | None:
+        return self.tracker.idle_since
+
+    def is_running(self) -> bool:
+        """Whether a kernel (process or adopted connection) is live or starting."""
+        return self._current is not None or self._busy_starting
+
+    def set_status(self, status: SessionStatus, reason: str | None) -> None:
+        """Apply a status change and tell the client (no-op if unchanged)."""
+        if not self.tracker.transition(status, trio.current_time()):
+            return
+        logger.debug("%r: status %s (%s)", self, status.value, reason)
+        if status is SessionStatus.EXITED:
+            self._clear_queue("the kernel exited")
+        if status in (SessionStatus.IDLE, SessionStatus.READY, SessionStatus.EXITED):
+            self._on_activity()
+        self.emit_event({"status": {"status": status.value, "reason": reason}})
+
+    # --------------------------------------------------------------- to client
+
+    def emit_event(self, event: dict[str, Any]) -> None:
+        """Queue a ``kind: kernel`` event for the client."""
+        self._put(orjson.dumps({"kind": "kernel", **event}), droppable=False)
+
+    def _put(self, frame: bytes, *, droppable: bool) -> None:
+        self.outbox.put(frame, droppable=droppable)
+        self.outbox_changed.set()
+        self.outbox_changed = trio.Event()
+
+    def _forward(self, channel: str, msg: WireMessage, *, droppable: bool = False) -> None:
+        header = {"msg_id": msg.msg_id, "msg_type": msg.msg_type}
+        parent_id = msg.parent_msg_id
+        parent: dict[str, str] | None = (
+            {"msg_id": parent_id, "msg_type": msg.parent_msg_type or ""} if parent_id else None
+        )
+        frame = orjson.dumps(
+            {
+                "kind": "jupyter",
+                "header": header,
+                "parent_header": parent,
+                "channel": channel,
+                "content": orjson.Fragment(msg.content),
+                "metadata": orjson.Fragment(msg.metadata or b"{}"),
+                "buffers": [base64.b64encode(b).decode("ascii") for b in msg.buffers],
+            }
+        )
+        self._put(frame, droppable=droppable)
+
+    def _clear_queue(self, why: str) -> None:
+        dropped = self.execution_queue.clear()
+        if dropped:
+            logger.info("%r: dropped %d queued executions (%s)", self, len(dropped), why)
+            self.emit_event({"executionsDropped": {"msg_ids": dropped, "reason": why}})
+
+    # ----------------------------------------------------------------- to JSON
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec's ``activeSession`` object, fields in the spec's order."""
+        now = trio.current_time()
+        body: dict[str, Any] = {"session_id": self.session_id, "argv": list(self.spec.argv)}
+        pid = self.process_id
+        if pid is not None:
+            body["process_id"] = pid
+        body.update(
+            username=self.spec.username,
+            display_name=self.spec.display_name,
+            language=self.spec.language,
+            interrupt_mode=self.spec.interrupt_mode,
+            initial_env=self.initial_env,
+            connected=self.connected,
+            started=_format_time(self.created),
+            session_mode=self.spec.session_mode,
+            working_directory=self.working_directory,
+        )
+        if self.spec.notebook_uri is not None:
+            body["notebook_uri"] = self.spec.notebook_uri
+        body.update(
+            input_prompt=self.input_prompt,
+            continuation_prompt=self.continuation_prompt,
+            execution_queue=self.execution_queue.to_json(),
+            status=self.status.value,
+            kernel_info=self.kernel_info,
+        )
+        if self.resource_usage is not None:
+            body["resource_usage"] = self.resource_usage
+        idle_since, busy_since = self.tracker.idle_since, self.tracker.busy_since
+        body["idle_seconds"] = int(now - idle_since) if idle_since is not None else 0
+        body["busy_seconds"] = int(now - busy_since) if busy_since is not None else 0
+        if self.socket_path is not None:
+            body["socket_path"] = self.socket_path
+        return body
+
+    # ------------------------------------------------------------------- start
+
+    async def start(self) -> dict[str, Any]:
+        """Start the kernel; returns its ``kernel_info_reply`` content.
+
+        **Errors:** :class:`SessionStateError` (400) if a kernel is running or
+        starting; :class:`StartupError` (500) for every failure to start.
+
+        **Cancellation:** if the caller is cancelled mid-start the kernel
+        keeps starting in the registry's nursery (its lifetime belongs to the
+        session, not to the HTTP request).
+        """
+        if self.is_running():
+            raise SessionStateError(
+                ErrorCode.SESSION_RUNNING,
+                f"Session {self.session_id} is already running",
+                "Stop or restart the session instead of starting it again",
+                http_status=400,
+            )
+        if not self.spec.argv:
+            raise StartupError(
+                ErrorCode.PROCESS_START_FAILED,
+                "Failed to start process for session: No arguments provided",
+            )
+        self._busy_starting = True
+        try:
+            info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+        finally:
+            self._busy_starting = False
+        return info
+
+    def _startup_failed(self, inc: _Incarnation, plan: launch.LaunchPlan | None) -> StartupError:
+        output = launch.clean_startup_output("".join(inc.startup_output))
+        code = inc.exit_code if inc.exit_code is not None else -1
+        mode = plan.mode if plan else "none"
+        details = launch.startup_failure_details(
+            mode,
+            plan.shell if plan else None,
+            plan.startup_arg if plan else None,
+            output,
+            connect_failure=False,
+        )
+        return StartupError(
+            ErrorCode.PROCESS_ABNORMAL_EXIT,
+            f"The process exited abnormally ({_describe_status(code)})",
+            details,
+            exit_code=code,
+            output=output,
+        )
+
+    async def _run_kernel(
+        self, *, task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        spec = self.spec
+        self.set_status(SessionStatus.STARTING, "start API called")
+        env = launch.resolve_environment(dict(os.environ), self.env_actions)
+        self.initial_env = env
+        cwd, warning = launch.choose_working_directory(self.working_directory, os.getcwd())
+        if warning:
+            logger.warning("%r: %s", self, warning)
+        jep66 = uses_registration_handshake(spec.protocol_version)
+        inc = _Incarnation(process=None)
+        plan: launch.LaunchPlan | None = None
+        started = False
+        failure: StartupError | None = None
+        registration = contextlib.AsyncExitStack()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(registration.aclose)
+            try:
+                if jep66:
+                    reg_sock, reg_port = await registration.enter_async_context(
+                        open_registration_socket()
+                    )
+                    path = os.path.join(
+                        tempfile.gettempdir(), f"registration_{spec.session_id}.json"
+                    )
+                    _write_private(
+                        path, encode_registration_file(key=self.key, registration_port=reg_port)
+                    )
+                else:
+                    reg_sock = None
+                    info = self._new_connection_info()
+                    inc.ports = _ports_of(info)
+                    path = os.path.join(tempfile.gettempdir(), f"connection_{spec.session_id}.json")
+                    _write_private(path, encode_connection_file(info))
+                    self.connection_info = info
+                argv = launch.substitute_connection_file(spec.argv, path)
+                plan = launch.build_command(
+                    argv,
+                    startup_environment=spec.startup_environment,
+                    startup_arg=spec.startup_environment_arg,
+                    working_directory=cwd,
+                    server_shell=os.environ.get("SHELL"),
+                    env=env,
+                )
+                try:
+                    inc.process = await spawn_kernel_process(list(plan.argv), env=env, cwd=cwd)
+                except OSError as exc:
+                    raise StartupError(
+                        ErrorCode.PROCESS_START_FAILED,
+                        f"Failed to start process for session: {exc}",
+                        exit_code=exc.errno,
+                    ) from None
+            except (StartupError, TransportError, OSError, PortPickError) as exc:
+                self._release(inc)
+                self.set_status(SessionStatus.EXITED, f"failed to start: {exc}")
+                if isinstance(exc, StartupError):
+                    raise
+                raise StartupError(
+                    ErrorCode.PROCESS_START_FAILED, f"Failed to start process for session: {exc}"
+                ) from None
+
+            process = inc.process
+            logger.info("%r: started process %d: %s", self, process.pid, " ".join(plan.argv))
+            self._current = inc
+            # The output pump lives outside the incarnation's scope: when the
+            # kernel dies it must still read the last lines (a startup error
+            # reports them); the shutdown ladder closes the pipes, which ends it.
+            async with trio.open_nursery() as output_nursery:
+                output_nursery.start_soon(process.pump_output, _output_emitter(self, inc))
+                try:
+                    with inc.scope:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._watch_exit, inc)
+                            try:
+                                with trio.fail_after(spec.connection_timeout):
+                                    if reg_sock is not None:
+                                        self.connection_info = await self._registration_handshake(
+                                            reg_sock
+                                        )
+                                        await registration.aclose()
+                                    inc.sockets = await stack.enter_async_context(
+                                        open_kernel_sockets(
+                                            _endpoints(self.connection_info),
+                                            identity=spec.session_id.encode(),
+                                        )
+                                    )
+                                    kernel_info = await self._connect(inc, nursery)
+                            except trio.TooSlowError:
+                                output = launch.clean_startup_output("".join(inc.startup_output))
+                                failure = StartupError(
+                                    ErrorCode.HANDSHAKE_FAILED
+                                    if reg_sock is not None and self.connection_info is None
+                                    else ErrorCode.SESSION_CONNECTION_TIMEOUT,
+                                    f"JEP 66 handshake failed for session {spec.session_id}: "
+                                    "Timeout waiting for handshake"
+                                    if reg_sock is not None and self.connection_info is None
+                                    else "Timed out waiting to connect to session's ZeroMQ "
+                                    f"sockets after {spec.connection_timeout:g} seconds",
+                                    launch.startup_failure_details(
+                                        plan.mode,
+                                        plan.shell,
+                                        plan.startup_arg,
+                                        output,
+                                        connect_failure=True,
+                                    ),
+                                    exit_code=130,
+                                    output=output,
+                                )
+                                inc.kill = True
+                                nursery.cancel_scope.cancel()
+                            except TransportError as exc:
+                                failure = StartupError(
+                                    ErrorCode.SESSION_CONNECTION_FAILED,
+                                    f"Failed to connect to session's ZeroMQ sockets: {exc}",
+                                    exit_code=130,
+                                )
+                                inc.kill = True
+                                nursery.cancel_scope.cancel()
+                            else:
+                                self._kernel_ready(kernel_info, extract_prompts=True)
+                                inc.starting = False
+                                started = True
+                                task_status.started(kernel_info)
+                                nursery.start_soon(self._monitor_heartbeat, inc)
+                                await trio.sleep_forever()
+                finally:
+                    await self._stop_incarnation(inc)
+        if not started:
+            if failure is None:
+                failure = self._startup_failed(inc, plan)
+            raise failure
+
+    def _new_connection_info(self) -> ConnectionInfo:
+        ports = self._ports.reserve(5)
+        return ConnectionInfo(
+            control_port=ports[0],
+            shell_port=ports[1],
+            stdin_port=ports[2],
+            hb_port=ports[3],
+            iopub_port=ports[4],
+            key=self.key,
+        )
+
+    async def _registration_handshake(self, reg: TrioZmqSocket) -> ConnectionInfo:
+        deserializer = Deserializer(self._signer, None, accept_unsigned=False)
+        while True:
+            frames = await reg.receive_multipart()
+            try:
+                msg = deserializer.receive_frames(frames)
+                ports = parse_handshake_request(msg)
+            except RemoteProtocolError as exc:
+                logger.warning("%r: bad JEP 66 handshake request: %s", self, exc)
+                error = {
+                    "status": "error",
+                    "error": f"Failed to parse JupyterMessage: {exc}",
+                    "capabilities": {},
+                }
+                await reg.send_multipart([orjson.dumps(error)])
+                continue
+            reply = WireMessage(
+                header=new_header(
+                    "handshake_reply",
+                    session=self.session_id,
+                    username=self.spec.username,
+                    version=self.spec.protocol_version,
+                ),
+                parent_header=msg.header,
+                metadata=b"{}",
+                content=orjson.dumps(handshake_reply_content()),
+            )
+            await reg.send_multipart(serialize(reply, self._signer))
+            info = ConnectionInfo(**ports, key=self.key)
+            self.emit_event({"handshakeCompleted": [self.session_id, info.to_json_dict()]})
+            return info
+
+    async def _connect(self, inc: _Incarnation, nursery: trio.Nursery) -> dict[str, Any]:
+        """Start the readers, then get kernel_info with a confirmed iopub subscription."""
+        assert inc.sockets is not None
+        nursery.start_soon(self._read_iopub, inc)
+        for channel in _CHANNELS_TO_KERNEL:
+            nursery.start_soon(self._read_replies, inc, channel)
+        while True:
+            reply = await self._request(inc, "shell", "kernel_info_request", {})
+            if inc.iopub_seen.is_set():
+                return dict(reply.content_json())
+            with trio.move_on_after(IOPUB_CONFIRM_INTERVAL):
+                await inc.iopub_seen.wait()
+            if inc.iopub_seen.is_set():
+                return dict(reply.content_json())
+
+    async def _request(
+        self, inc: _Incarnation, channel: str, msg_type: str, content: dict[str, Any]
+    ) -> WireMessage:
+        """Send a request of our own and wait for its reply (caller bounds it)."""
+        msg_id = short_msg_id()
+        send, receive = trio.open_memory_channel[WireMessage](1)
+        inc.internal.add(msg_id)
+        inc.replies[msg_id] = send
+        try:
+            await self._send_wire(inc, channel, msg_type, content, msg_id=msg_id)
+            return await receive.receive()
+        finally:
+            inc.replies.pop(msg_id, None)
+
+    def _kernel_ready(self, kernel_info: dict[str, Any], *, extract_prompts: bool) -> None:
+        self.kernel_info = kernel_info
+        if extract_prompts:
+            positron = (kernel_info.get("language_info") or {}).get("positron") or {}
+            if isinstance(positron, dict):
+                if isinstance(positron.get("input_prompt"), str):
+                    self.input_prompt = positron["input_prompt"]
+                if isinstance(positron.get("continuation_prompt"), str):
+                    self.continuation_prompt = positron["continuation_prompt"]
+        # Our own kernel_info's busy/idle were swallowed; the kernel is idle now.
+        self.set_status(SessionStatus.IDLE, "kernel started")
+
+    # ------------------------------------------------------------ the pumps
+
+    async def _watch_exit(self, inc: _Incarnation) -> None:
+        assert inc.process is not None
+        inc.exit_code = await inc.process.wait()
+        logger.info(
+            "%r: kernel process %d exited (%s)",
+            self,
+            inc.process.pid,
+            _describe_status(inc.exit_code),
+        )
+        inc.scope.cancel()
+
+    async def _read_iopub(self, inc: _Incarnation) -> None:
+        assert inc.sockets is not None
+        deserializer = Deserializer(self._signer, ReplayWindow())
+        while True:
+            frames = await inc.sockets.iopub.receive_multipart()
+            try:
+                msg = deserializer.receive_frames(frames)
+            except RemoteProtocolError as exc:
+                logger.warning("%r: dropped an iopub message: %s", self, exc)
+                continue
+            inc.iopub_seen.set()
+            msg_type = msg.msg_type
+            if msg_type == "iopub_welcome":
+                continue
+            if msg_type == "status":
+                if msg.parent_msg_id in inc.internal:
+                    continue
+                self._on_kernel_status(msg)
+                self._forward("iopub", msg)
+                if self.execution_queue.active is not None or len(self.execution_queue):
+                    state = _execution_state(msg)
+                    if state == "idle":
+                        await self._release_next_execution(inc)
+                continue
+            self._forward("iopub", msg, droppable=msg_type in _DROPPABLE_IOPUB)
+
+    def _on_kernel_status(self, msg: WireMessage) -> None:
+        state = _execution_state(msg)
+        reason = msg.parent_msg_type
+        if state == "busy":
+            self.set_status(SessionStatus.BUSY, reason)
+        elif state == "idle":
+            self.set_status(SessionStatus.IDLE, reason)
+            if reason == "execute_request":
+                self._check_working_directory()
+
+    async def _read_replies(self, inc: _Incarnation, channel: str) -> None:
+        assert inc.sockets is not None
+        sock = getattr(inc.sockets, channel)
+        deserializer = Deserializer(self._signer, ReplayWindow())
+        while True:
+            frames = await sock.receive_multipart()
+            try:
+                msg = deserializer.receive_frames(frames)
+            except RemoteProtocolError as exc:
+                logger.warning("%r: dropped a %s message: %s", self, channel, exc)
+                continue
+            waiter = inc.replies.get(msg.parent_msg_id or "")
+            if waiter is not None:
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    waiter.send_nowait(msg)
+                continue
+            if msg.parent_msg_id in inc.internal:
+                continue
+            self._forward(channel, msg)
+
+    async def _monitor_heartbeat(self, inc: _Incarnation) -> None:
+        assert inc.sockets is not None
+        before_offline = SessionStatus.IDLE
+        while True:
+            with trio.move_on_after(HEARTBEAT_TIMEOUT) as scope:
+                await heartbeat_once(inc.sockets.hb)
+            if scope.cancelled_caught:
+                if self.status is not SessionStatus.OFFLINE:
+                    before_offline = self.status
+                    logger.warning("%r: no heartbeat for %g s; offline", self, HEARTBEAT_TIMEOUT)
+                    self.set_status(SessionStatus.OFFLINE, "lost heartbeat")
+                continue
+            if self.status is SessionStatus.OFFLINE:
+                logger.info("%r: heartbeat is back", self)
+                back = (
+                    before_offline if before_offline is SessionStatus.BUSY else SessionStatus.IDLE
+                )
+                self.set_status(back, "heartbeat detected after offline")
+            await trio.sleep(HEARTBEAT_INTERVAL)
+
+    def _check_working_directory(self) -> None:
+        pid = self.process_id
+        if pid is None:
+            return
+        try:
+            cwd = psutil.Process(pid).cwd()
+        except (psutil.Error, OSError):
+            return
+        if cwd and cwd != self.working_directory:
+            self.working_directory = cwd
+            self.emit_event({"workingDirChanged": cwd})
+
+    # --------------------------------------------------------- to the kernel
+
+    async def _send_wire(
+        self,
+        inc: _Incarnation,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any] | bytes,
+        *,
+        msg_id: str | None = None,
+        parent: dict[str, Any] | None = None,
+        metadata: bytes = b"{}",
+        buffers: tuple[bytes, ...] = (),
+    ) -> None:
+        if inc.sockets is None:
+            raise SessionStateError(
+                ErrorCode.NO_PROCESS,
+                f"There is no kernel connected to session {self.session_id}",
+                http_status=400,
+            )
+        header = new_header(
+            msg_type,
+            session=self.session_id,
+            username=self.spec.username,
+            version=self.spec.protocol_version,
+            msg_id=msg_id or short_msg_id(),
+        )
+        msg = WireMessage(
+            header=header,
+            parent_header=parent or {},
+            metadata=metadata,
+            content=content if isinstance(content, bytes) else orjson.dumps(content),
+            buffers=buffers,
+        )
+        sock = getattr(inc.sockets, channel)
+        async with inc.send_lock:
+            await sock.send_multipart(serialize(msg, self._signer))
+
+    async def _release_next_execution(self, inc: _Incarnation) -> None:
+        nxt = self.execution_queue.release_next()
+        if nxt is not None:
+            await self._send_client_message(inc, nxt)
+
+    async def send_from_client(self, message: dict[str, Any]) -> None:
+        """Route one client message (a Jupyter message object) to the kernel.
+
+        ``execute_request``s go through the execution queue; interrupt and
+        shutdown requests clear it. Messages for a session with no kernel
+        are dropped with a warning (never queued for a future kernel).
+
+        **Errors:** :class:`~kallichore.errors.RemoteProtocolError` for a
+        malformed message (the caller logs and drops it).
+        """
+        header = message.get("header")
+        if not isinstance(header, dict) or not isinstance(header.get("msg_type"), str):
+            raise RemoteProtocolError("message has no header with a msg_type")
+        channel = message.get("channel")
+        msg_type = header["msg_type"]
+        inc = self._current
+        if inc is None or inc.sockets is None:
+            logger.warning("%r: no kernel; dropping client %s", self, msg_type)
+            return
+        if msg_type == "execute_request":
+            if not self.execution_queue.submit(message):
+                self.emit_event({"executionQueued": str(header.get("msg_id", ""))})
+                return
+        elif msg_type in ("interrupt_request", "shutdown_request"):
+            self._clear_queue(msg_type)
+        if channel not in _CHANNELS_TO_KERNEL:
+            logger.warning("%r: dropping client %s on channel %r", self, msg_type, channel)
+            return
+        await self._send_client_message(inc, message)
+
+    async def _send_client_message(self, inc: _Incarnation, message: dict[str, Any]) -> None:
+        header = message["header"]
+        parent = message.get("parent_header")
+        if isinstance(parent, dict) and parent.get("msg_id"):
+            parent_header: dict[str, Any] | None = new_header(
+                str(parent.get("msg_type", "")),
+                session=self.session_id,
+                username=self.spec.username,
+                version=self.spec.protocol_version,
+                msg_id=str(parent["msg_id"]),
+            )
+        else:
+            parent_header = None
+        try:
+            buffers = tuple(
+                base64.b64decode(b, validate=True) for b in message.get("buffers") or ()
+            )
+        except (ValueError, TypeError):
+            logger.warning("%r: dropping a client message with invalid base64 buffers", self)
+            return
+        await self._send_wire(
+            inc,
+            str(message.get("channel", "shell")),
+            str(header["msg_type"]),
+            orjson.dumps(message.get("content", {})),
+            msg_id=str(header.get("msg_id") or short_msg_id()),
+            parent=parent_header,
+            metadata=orjson.dumps(message.get("metadata") or {}),
+            buffers=buffers,
+        )
+
+    # ------------------------------------------------------- interrupt / kill
+
+    async def interrupt(self) -> None:
+        """Interrupt the kernel: SIGINT to its process group, or an ``interrupt_request``.
+
+        Clears the execution queue in both modes.
+
+        **Errors:** :class:`SessionStateError` (400, KS-10) when there is
+        no kernel to interrupt.
+        """
+        inc = self._current
+        if self.spec.interrupt_mode == "signal":
+            if inc is None or inc.process is None or inc.process.returncode is not None:
+                raise SessionStateError(
+                    ErrorCode.SESSION_INTERRUPT_FAILED,
+                    f"Failed to interrupt session {self.session_id}: No process ID to interrupt",
+                    http_status=400,
+                )
+            self._clear_queue("interrupted")
+            inc.process.interrupt()
+            return
+        if inc is None or inc.sockets is None:
+            raise SessionStateError(
+                ErrorCode.SESSION_INTERRUPT_FAILED,
+                f"Failed to interrupt session {self.session_id}: the kernel is not running",
+                http_status=400,
+            )
+        self._clear_queue("interrupted")
+        await self._send_wire(inc, "control", "interrupt_request", {})
+
+    async def kill(self) -> None:
+        """Kill the kernel's whole process group now; returns once it is gone.
+
+        **Errors:** KS-3 when the session has exited, KS-12 when there is no
+        process (never started, or adopted).
+        """
+        if self.is_exited():
+            raise SessionStateError(
+                ErrorCode.SESSION_NOT_RUNNING,
+                f"Session {self.session_id} is not running",
+                http_status=400,
+            )
+        inc = self._current
+        if inc is None or inc.process is None:
+            raise SessionStateError(
+                ErrorCode.NO_PROCESS,
+                f"There is no process associated with session {self.session_id} (has it exited?)",
+                http_status=400,
+            )
+        self._clear_queue("killed")
+        inc.kill = True
+        inc.process.kill_group()
+        inc.scope.cancel(reason="kill requested")
+        with trio.move_on_after(KILL_WAIT):
+            await inc.done.wait()
+
+    async def shutdown(self, *, restart: bool = False) -> None:
+        """Stop the kernel politely, escalating as needed; returns when it is gone."""
+        inc = self._current
+        if inc is None:
+            return
+        inc.restart = restart
+        inc.scope.cancel(reason="restart" if restart else "shutdown")
+        await inc.done.wait()
+
+    async def restart(
+        self, working_directory: str | None, env: tuple[tuple[str, str, str], ...] | None
+    ) -> None:
+        """Stop the kernel (bounded) and start it again with new settings.
+
+        **Errors:** KS-13 if a restart is already under way; any
+        :class:`StartupError` from the new start.
+        """
+        if self._restarting:
+            raise StartupError(
+                ErrorCode.RESTART_FAILED, "Failed to restart kernel: Kernel is already restarting"
+            )
+        self._restarting = True
+        try:
+            if working_directory:
+                resolved = _resolve_directory(working_directory)
+                if resolved is not None:
+                    self.working_directory = resolved
+                else:
+                    logger.warning(
+                        "%r: restart directory %s is not a directory; ignored", self, resolved
+                    )
+            else:
+                self._check_working_directory()
+            if env:
+                self.env_actions = env
+            await self.shutdown(restart=True)
+            await self.start()
+        finally:
+            self._restarting = False
+
+    # ------------------------------------------------------------------ adopt
+
+    async def adopt(self, info: ConnectionInfo) -> dict[str, Any]:
+        """Connect to a kernel someone else started (signed with the session key)."""
+        if self.is_running():
+            raise SessionStateError(
+                ErrorCode.SESSION_RUNNING,
+                f"Session {self.session_id} is already connected to a kernel",
+                http_status=400,
+            )
+        self._busy_starting = True
+        try:
+            result: dict[str, Any] = await self._nursery.start(self._run_adopted, info)
+        finally:
+            self._busy_starting = False
+        return result
+
+    async def _run_adopted(
+        self,
+        info: ConnectionInfo,
+        *,
+        task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.connection_info = attrs.evolve(info, key=self.key)
+        inc = _Incarnation(process=None)
+        started = False
+        failure: KallichoreError | None = None
+        self._current = inc
+        try:
+            with inc.scope:
+                async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+                    try:
+                        with trio.fail_after(self.spec.connection_timeout):
+                            inc.sockets = await stack.enter_async_context(
+                                open_kernel_sockets(
+                                    _endpoints(self.connection_info),
+                                    identity=self.session_id.encode(),
+                                )
+                            )
+                            monitor = inc.sockets.hb.raw.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                            stack.callback(monitor.close, 0)
+                            kernel_info = await self._connect(inc, nursery)
+                    except trio.TooSlowError:
+                        failure = KallichoreError(
+                            ErrorCode.SESSION_CONNECTION_TIMEOUT,
+                            "Timed out waiting to connect to session's ZeroMQ sockets after "
+                            f"{self.spec.connection_timeout:g} seconds",
+                        )
+                        nursery.cancel_scope.cancel()
+                    except TransportError as exc:
+                        failure = KallichoreError(
+                            ErrorCode.SESSION_CONNECTION_FAILED,
+                            f"Failed to connect to session's ZeroMQ sockets: {exc}",
+                        )
+                        nursery.cancel_scope.cancel()
+                    else:
+                        self._kernel_ready(kernel_info, extract_prompts=False)
+                        inc.starting = False
+                        started = True
+                        task_status.started(kernel_info)
+                        nursery.start_soon(self._monitor_heartbeat, inc)
+                        await TrioZmqSocket(monitor).receive_multipart()
+                        logger.info("%r: the adopted kernel's sockets disconnected", self)
+                        nursery.cancel_scope.cancel()
+        finally:
+            inc.exit_code = 0
+            if started:
+                self._finish(inc, "all sockets disconnected from an adopted kernel")
+            else:
+                # A failed adoption leaves the session as it was.
+                if inc.sockets is not None:
+                    inc.sockets.close()
+                self._current = None
+                inc.done.set()
+        if not started:
+            raise failure or KallichoreError(
+                ErrorCode.SESSION_CONNECTION_FAILED, "Failed to connect to session's ZeroMQ sockets"
+            )
+
+    def get_connection_info(self) -> ConnectionInfo:
+        """The session's connection info, generating ports now if it has none (KS-18)."""
+        if self.connection_info is None:
+            try:
+                self.connection_info = self._new_connection_info()
+            except PortPickError as exc:
+                raise KallichoreError(
+                    ErrorCode.NO_CONNECTION_INFO,
+                    f"Connection information is not available for session {self.session_id}: {exc}",
+                ) from None
+        return self.connection_info
+
+    # ---------------------------------------------------------------- cleanup
+
+    async def _stop_incarnation(self, inc: _Incarnation) -> None:
+        """Shielded: ask, then force, the kernel to exit; then clean up."""
+        with trio.CancelScope(shield=True):
+            proc = inc.process
+            polite = None
+            if (
+                proc is not None
+                and proc.returncode is None
+                and not inc.kill
+                and inc.sockets is not None
+            ):
+                restart = inc.restart
+
+                async def polite_request() -> None:
+                    await self._send_wire(inc, "control", "shutdown_request", {"restart": restart})
+
+                polite = polite_request
+            if proc is not None:
+                if inc.kill:
+                    proc.kill_group()
+                inc.exit_code = await terminate_process_group(
+                    proc,
+                    polite=polite,
+                    polite_grace=SHUTDOWN_POLITE_GRACE,
+                    term_grace=SHUTDOWN_TERM_GRACE,
+                )
+            self._finish(inc, "child process exited")
+
+    def _finish(self, inc: _Incarnation, reason: str) -> None:
+        if inc.sockets is not None:
+            inc.sockets.close()
+        self._release(inc)
+        if self._current is inc:
+            self._current = None
+        self.exit_code = inc.exit_code
+        self._resource_procs.clear()
+        self.set_status(SessionStatus.EXITED, reason)
+        self.emit_event({"exited": inc.exit_code if inc.exit_code is not None else -1})
+        inc.done.set()
+
+    def _release(self, inc: _Incarnation) -> None:
+        if inc.ports:
+            self._ports.release(inc.ports)
+            inc.ports = ()
+
+    # --------------------------------------------------------------- resources
+
+    def sample_resources(self, interval_ms: int) -> None:
+        """Measure the kernel's process tree; emit and store ``resourceUsage``."""
+        pid = self.process_id
+        if pid is None or not self.connected:
+            return
+        self._resource_ticks += 1
+        if pid not in self._resource_procs or self._resource_ticks % TREE_REFRESH_TICKS == 0:
+            self._refresh_tree(pid)
+        cpu = 0.0
+        memory = 0
+        threads = 0
+        for child_pid, proc in list(self._resource_procs.items()):
+            try:
+                with proc.oneshot():
+                    cpu += proc.cpu_percent(None)
+                    memory += proc.memory_info().rss
+                    threads += proc.num_threads()
+            except (psutil.Error, OSError):
+                del self._resource_procs[child_pid]
+        usage = {
+            "cpu_percent": round(cpu),
+            "memory_bytes": memory,
+            "thread_count": max(threads, 1),
+            "sampling_period_ms": interval_ms,
+            "timestamp": int(dt.datetime.now(dt.UTC).timestamp() * 1000),
+        }
+        self.resource_usage = usage
+        self.emit_event({"resourceUsage": usage})
+
+    def _refresh_tree(self, pid: int) -> None:
+        try:
+            root = self._resource_procs.get(pid) or psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except (psutil.Error, OSError):
+            return
+        known = self._resource_procs
+        self._resource_procs = {p.pid: known.get(p.pid, p) for p in tree}
+
+
+def _output_emitter(session: KernelSession, inc: _Incarnation) -> Callable[[str, str], None]:
+    """The callback the process's output pump calls for each line."""
+
+    def emit(stream: str, line: str) -> None:
+        if inc.starting:
+            inc.startup_output.append(line)
+        session._put(orjson.dumps({"kind": "kernel", "output": [stream, line]}), droppable=True)
+
+    return emit
+
+
+def _resolve_directory(path: str) -> str | None:
+    """``~``-expanded, canonical ``path`` if it is a directory, else ``None``."""
+    resolved = os.path.expanduser(path)
+    return os.path.realpath(resolved) if os.path.isdir(resolved) else None
+
+
+def _execution_state(msg: WireMessage) -> str | None:
+    try:
+        content = msg.content_json()
+    except orjson.JSONDecodeError:
+        return None
+    state = content.get("execution_state") if isinstance(content, dict) else None
+    return state if isinstance(state, str) else None
+
+
+def _describe_status(code: int) -> str:
+    if code < 0:
+        return f"signal: {-code}"
+    return f"exit status: {code}"
+
+
+def _endpoints(info: ConnectionInfo | None) -> dict[str, str]:
+    assert info is not None
+    return {
+        channel: info.endpoint(channel) for channel in ("shell", "control", "stdin", "iopub", "hb")
+    }
+
+
+def _ports_of(info: ConnectionInfo) -> tuple[int, ...]:
+    return (info.control_port, info.shell_port, info.stdin_port, info.hb_port, info.iopub_port)
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """Write a file only this user can read (it holds the session key)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
