@@ -212,6 +212,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
     except OSError as exc:
         _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
     set_process_name(PROCESS_NAME)
+    if config.token is None:
+        logger.warning("Authentication is disabled (--token none): any local client is trusted")
     try:
         trio.run(_run_until_shutdown, config, generated)
     except ConfigError as exc:
