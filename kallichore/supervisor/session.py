@@ -85,7 +85,7 @@ from kallichore.wire.connection_file import (
 )
 from kallichore.wire.message import WireMessage, new_header, short_msg_id
 
-__all__ = ["KernelSession", "SessionSpec"]
+__all__ = ["ClientAttachment", "KernelSession", "SessionSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,15 @@ def _format_time(moment: dt.datetime) -> str:
 
 
 @attrs.define(eq=False)
+class ClientAttachment:
+    """One attached client connection (see :meth:`KernelSession.attach_client`)."""
+
+    socket_path: str | None = None
+    #: Set when a newer client took over; the connection must close.
+    kicked: bool = False
+
+
+@attrs.define(eq=False)
 class _Incarnation:
     """One run of a kernel (a process, or an adopted connection)."""
 
@@ -203,6 +212,8 @@ class KernelSession:
     continuation_prompt: str = attrs.field(init=False)
     # The current incarnation, while one runs.
     _current: _Incarnation | None = attrs.field(default=None, init=False)
+    # The attached client, if any (one at a time; a newer one takes over).
+    _client: ClientAttachment | None = attrs.field(default=None, init=False)
     _busy_starting: bool = attrs.field(default=False, init=False)
     _restarting: bool = attrs.field(default=False, init=False)
     # Woken whenever the outbox gains a frame.
@@ -306,6 +317,68 @@ class KernelSession:
         if dropped:
             logger.info("%r: dropped %d queued executions (%s)", self, len(dropped), why)
             self.emit_event({"executionsDropped": {"msg_ids": dropped, "reason": why}})
+
+    # ------------------------------------------------------- client attachment
+
+    def attach_client(self, *, socket_path: str | None = None) -> ClientAttachment:
+        """Make a new client the session's one client; the previous one is kicked.
+
+        The previous attachment (if any) is marked kicked: its delivery loop
+        sends it ``clientDisconnected`` and closes it. From now on
+        :meth:`next_frames` with the new attachment receives the outbox.
+        """
+        previous = self._client
+        if previous is not None:
+            previous.kicked = True  # woken below by outbox_changed
+        attachment = ClientAttachment(socket_path=socket_path)
+        self._client = attachment
+        self.connected = True
+        self.socket_path = socket_path
+        self._on_activity()
+        self.outbox_changed.set()
+        self.outbox_changed = trio.Event()
+        logger.info("%r: client attached%s", self, " (took over)" if previous else "")
+        return attachment
+
+    def detach_client(self, attachment: ClientAttachment) -> None:
+        """A client connection ended; only the current client clears ``connected``."""
+        if self._client is attachment:
+            self._client = None
+            self.connected = False
+            self.socket_path = None
+            logger.info("%r: client detached", self)
+
+    def is_current_client(self, attachment: ClientAttachment) -> bool:
+        """Whether ``attachment`` is still the session's client."""
+        return self._client is attachment
+
+    async def next_frames(self, attachment: ClientAttachment, *, limit: int = 256) -> list[bytes]:
+        """Wait for frames for this client and take up to ``limit`` of them.
+
+        Returns an empty list once the attachment has been kicked (the caller
+        then says goodbye and closes). Frames taken here are no longer in the
+        outbox: a caller that fails to deliver them should :meth:`requeue`.
+        If output was dropped while nobody read it, the first frame is an
+        ``outputDropped`` event with the count.
+        """
+        while True:
+            if attachment.kicked or self._client is not attachment:
+                return []
+            if len(self.outbox):
+                frames: list[bytes] = []
+                dropped = self.outbox.take_dropped()
+                if dropped:
+                    frames.append(orjson.dumps({"kind": "kernel", "outputDropped": dropped}))
+                while len(frames) < limit and (frame := self.outbox.pop()) is not None:
+                    frames.append(frame)
+                await trio.lowlevel.checkpoint()
+                return frames
+            await self.outbox_changed.wait()
+
+    def requeue(self, frames: list[bytes]) -> None:
+        """Put back frames a client could not take, ahead of everything else."""
+        for frame in reversed(frames):
+            self.outbox.push_front(frame)
 
     # ----------------------------------------------------------------- to JSON
 
