@@ -450,14 +450,16 @@ class KernelSession:
         return info
 
     def _startup_failed(self, inc: _Incarnation, plan: launch.LaunchPlan | None) -> StartupError:
-        output = launch.clean_startup_output("".join(inc.startup_output))
+        raw_output = "".join(inc.startup_output)
+        output = launch.clean_startup_output(raw_output)
         code = inc.exit_code if inc.exit_code is not None else -1
         mode = plan.mode if plan else "none"
+        # The details look for the startup markers, so they read the raw output.
         details = launch.startup_failure_details(
             mode,
             plan.shell if plan else None,
             plan.startup_arg if plan else None,
-            output,
+            raw_output,
             connect_failure=False,
         )
         return StartupError(
@@ -488,6 +490,7 @@ class KernelSession:
             stack.push_async_callback(registration.aclose)
             try:
                 if jep66:
+                    self.connection_info = None  # the kernel will report its ports
                     reg_sock, reg_port = await registration.enter_async_context(
                         open_registration_socket()
                     )
@@ -557,7 +560,8 @@ class KernelSession:
                                     )
                                     kernel_info = await self._connect(inc, nursery)
                             except trio.TooSlowError:
-                                output = launch.clean_startup_output("".join(inc.startup_output))
+                                raw_output = "".join(inc.startup_output)
+                                output = launch.clean_startup_output(raw_output)
                                 failure = StartupError(
                                     ErrorCode.HANDSHAKE_FAILED
                                     if reg_sock is not None and self.connection_info is None
@@ -571,7 +575,7 @@ class KernelSession:
                                         plan.mode,
                                         plan.shell,
                                         plan.startup_arg,
-                                        output,
+                                        raw_output,
                                         connect_failure=True,
                                     ),
                                     exit_code=130,
