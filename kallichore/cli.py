@@ -216,12 +216,22 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
         logger.warning("Authentication is disabled (--token none): any local client is trusted")
     try:
         trio.run(_run_until_shutdown, config, generated)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        _fail(str(exc))
-    except KeyboardInterrupt:
+    except* ConfigError as group:
+        # Raised before the server started listening (bind, connection file,
+        # handshake); nurseries wrap it in a group, the user sees one line.
+        message = str(_first_leaf(group))
+        logger.debug("Start-up failed: %s", message)
+        _fail(message)
+    except* KeyboardInterrupt:
         pass
     sys.exit(0)
+
+
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _run_until_shutdown(config: ServerConfig, token_generated: bool) -> None:

@@ -12,8 +12,16 @@ of Kallichore and both correct HTTP:
   body chunk (or the end of the message) and sent with it.
 
 Both are applied by wrapping ``H11Protocol._send_h11_event``, the one place
-Hypercorn turns h11 events into bytes. The wrapper is installed once, is
-idempotent, and changes nothing else.
+Hypercorn turns h11 events into bytes.
+
+A third adjustment fixes a fault between Quart-Trio 0.12 and Hypercorn 0.18:
+when a response ends a connection (``Connection: close``), Hypercorn closes
+the stream from the task that sent the response, which Quart-Trio cancels as
+soon as the response is complete, so the close never happened and the client
+waited for EOF forever. ``TCPServer._close`` now runs shielded, with its own
+bound.
+
+The wrappers are installed once, are idempotent, and change nothing else.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from hypercorn.config import Sockets
 from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.run import worker_serve
+from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.utils import wrap_app
 
 from kallichore.listener import BoundListener
@@ -45,8 +54,12 @@ logger = logging.getLogger(__name__)
 
 #: Largest WebSocket message a client may send (Kallichore accepts 64 MiB).
 WEBSOCKET_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # bytes
+#: Interval between hypercorn's pings on TCP WebSockets (the bridge pings on Unix sockets).
+WEBSOCKET_PING_INTERVAL = 10.0  # seconds
 #: How long in-flight requests may take to finish once shutdown starts.
 HTTP_GRACEFUL_TIMEOUT = 3.0  # seconds
+#: Bound on closing one client connection (EOF, then close).
+CONNECTION_CLOSE_TIMEOUT = 1.0  # seconds
 
 _PATCH_MARK = "_kallichore_adjusted"
 # Where a held-back response head waits for its first body chunk.
@@ -97,11 +110,20 @@ def install_h11_adjustments() -> None:
     setattr(send_h11_event, _PATCH_MARK, True)
     H11Protocol._send_h11_event = send_h11_event  # type: ignore[method-assign]
 
+    original_close = TCPServer._close
+
+    async def close_shielded(self: TCPServer) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CONNECTION_CLOSE_TIMEOUT):
+            await original_close(self)
+
+    TCPServer._close = close_shielded  # type: ignore[method-assign]
+
 
 def hypercorn_config() -> HypercornConfig:
     """Hypercorn settings for kallichore."""
     config = HypercornConfig()
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_SIZE
+    config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.include_server_header = False
     config.accesslog = None
