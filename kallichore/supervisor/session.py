@@ -38,6 +38,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -449,11 +450,25 @@ class KernelSession:
             self._busy_starting = False
         return info
 
-    def _startup_failed(self, inc: _Incarnation, plan: launch.LaunchPlan | None) -> StartupError:
+    def _startup_failed(
+        self, inc: _Incarnation, plan: launch.LaunchPlan | None, *, during_handshake: bool
+    ) -> StartupError:
         raw_output = "".join(inc.startup_output)
         output = launch.clean_startup_output(raw_output)
         code = inc.exit_code if inc.exit_code is not None else -1
         mode = plan.mode if plan else "none"
+        if during_handshake:
+            message = "The kernel exited before a connection could be established"
+            prefix = launch.startup_context_prefix(
+                mode, plan.shell if plan else None, plan.startup_arg if plan else None
+            )
+            return StartupError(
+                ErrorCode.EXITED_BEFORE_CONNECTION,
+                message,
+                prefix + message,
+                exit_code=code,
+                output=output,
+            )
         # The details look for the startup markers, so they read the raw output.
         details = launch.startup_failure_details(
             mode,
@@ -562,13 +577,16 @@ class KernelSession:
                             except trio.TooSlowError:
                                 raw_output = "".join(inc.startup_output)
                                 output = launch.clean_startup_output(raw_output)
+                                handshake_pending = (
+                                    reg_sock is not None and self.connection_info is None
+                                )
                                 failure = StartupError(
                                     ErrorCode.HANDSHAKE_FAILED
-                                    if reg_sock is not None and self.connection_info is None
+                                    if handshake_pending
                                     else ErrorCode.SESSION_CONNECTION_TIMEOUT,
                                     f"JEP 66 handshake failed for session {spec.session_id}: "
                                     "Timeout waiting for handshake"
-                                    if reg_sock is not None and self.connection_info is None
+                                    if handshake_pending
                                     else "Timed out waiting to connect to session's ZeroMQ "
                                     f"sockets after {spec.connection_timeout:g} seconds",
                                     launch.startup_failure_details(
@@ -578,7 +596,7 @@ class KernelSession:
                                         raw_output,
                                         connect_failure=True,
                                     ),
-                                    exit_code=130,
+                                    exit_code=None if handshake_pending else 130,
                                     output=output,
                                 )
                                 inc.kill = True
@@ -602,7 +620,9 @@ class KernelSession:
                     await self._stop_incarnation(inc)
         if not started:
             if failure is None:
-                failure = self._startup_failed(inc, plan)
+                failure = self._startup_failed(
+                    inc, plan, during_handshake=jep66 and self.connection_info is None
+                )
             raise failure
 
     def _new_connection_info(self) -> ConnectionInfo:
@@ -1109,6 +1129,8 @@ class KernelSession:
                     polite_grace=SHUTDOWN_POLITE_GRACE,
                     term_grace=SHUTDOWN_TERM_GRACE,
                 )
+            # A failed start keeps its buffered frames (Kallichore drains them):
+            # the output is also in the startup error, but nothing is lost.
             self._finish(inc, "child process exited")
 
     def _finish(self, inc: _Incarnation, reason: str) -> None:
@@ -1196,8 +1218,13 @@ def _execution_state(msg: WireMessage) -> str | None:
 
 
 def _describe_status(code: int) -> str:
+    """``exit status: 1`` or ``signal: 9 (SIGKILL)``, as Kallichore words it."""
     if code < 0:
-        return f"signal: {-code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"signal: {-code}"
+        return f"signal: {-code} ({name})"
     return f"exit status: {code}"
 
 

@@ -1,0 +1,1 @@
+"""Test helpers for kallichore and its users (a fake kernel, ...)."""
