@@ -269,7 +269,15 @@ class KernelSession:
         return self.tracker.idle_since
 
     def is_running(self) -> bool:
-        """Whether a kernel (process or adopted connection) is live or starting."""
+        """Whether a kernel is live, starting, or being restarted.
+
+        A restart counts from its first step, so the session cannot be
+        deleted (or adopted) between stopping the old kernel and starting the
+        new one.
+        """
+        return self._kernel_active() or self._restarting
+
+    def _kernel_active(self) -> bool:
         return self._current is not None or self._busy_starting
 
     def set_status(self, status: SessionStatus, reason: str | None) -> None:
@@ -431,7 +439,7 @@ class KernelSession:
         keeps starting in the registry's nursery (its lifetime belongs to the
         session, not to the HTTP request).
         """
-        if self.is_running():
+        if self._kernel_active():
             raise SessionStateError(
                 ErrorCode.SESSION_RUNNING,
                 f"Session {self.session_id} is already running",

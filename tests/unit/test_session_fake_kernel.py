@@ -29,7 +29,7 @@ import pytest
 import trio
 
 import kallichore
-from kallichore.errors import StartupError
+from kallichore.errors import SessionStateError, StartupError
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.registry import SessionRegistry
 from kallichore.supervisor.session import (
@@ -631,3 +631,28 @@ async def test_interrupt_clears_the_queue_and_reports_dropped_ids(
     parents = {(f["parent_header"] or {}).get("msg_id") for f in frames.jupyter()}
     assert not parents & {msg_id(r) for r in requests[1:]}
     assert session.status is SessionStatus.IDLE
+
+
+async def test_a_restarting_session_cannot_be_deleted(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    """Between a restart's stop and its start the session must stay put.
+
+    Otherwise the new kernel would run on in the registry's nursery with no
+    session listing it.
+    """
+    session = make_session()
+    await session.start()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.restart, None, None)
+        # Poll every scheduling round: "exited" lasts at least one round
+        # between the old kernel's cleanup and the new start.
+        while session.status is not SessionStatus.EXITED:
+            await trio.sleep(0)
+        assert session.process_id is None
+        with pytest.raises(SessionStateError):
+            registry.delete(session.session_id)
+    assert session.process_id is not None
+    assert session.status is SessionStatus.IDLE
+    await session.kill()
+    registry.delete(session.session_id)
