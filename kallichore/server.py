@@ -37,6 +37,7 @@ import attrs
 import trio
 
 from kallichore.announce import connection_details, send_handshake, write_connection_file
+from kallichore.api.channel_socket import ChannelSockets, channel_socket_dir
 from kallichore.config import ServerConfig, idle_shutdown_period
 from kallichore.idle import IdleWatcher
 from kallichore.listener import BoundListener, bind_listener
@@ -98,8 +99,11 @@ class Server:
     idle_shutdown_hours: int | None = attrs.field(init=False)
     idle: IdleWatcher = attrs.field(init=False)
     sampler: ResourceSampler = attrs.field(init=False)
+    # Per-session channel sockets (Unix-socket transport).
+    channels: ChannelSockets = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.channels = ChannelSockets(channel_socket_dir(self.config))
         self.idle_shutdown_hours = self.config.idle_shutdown_hours
         self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(
@@ -158,6 +162,7 @@ async def serve(
         server = server if server is not None else Server(config)
         async with trio.open_nursery() as root:
             await root.start(server.registry.run)
+            await root.start(server.channels.run)
             root.start_soon(server.idle.run)
             root.start_soon(server.sampler.run)
             async with trio.open_nursery() as http:
@@ -178,6 +183,8 @@ async def serve(
             root.cancel_scope.cancel()
         logger.info("Server stopped")
     finally:
+        if server is not None:
+            server.channels.close_all()
         listener.close()
 
 

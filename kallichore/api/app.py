@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from quart import Response, request
+from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from kallichore.api.auth import UNAUTHENTICATED, authorized
@@ -37,6 +37,15 @@ def create_app(server: Server) -> QuartTrio:
         if (request.method, request.url_rule.rule) in UNAUTHENTICATED:
             return None
         if authorized(request.headers.get("Authorization"), token):
+            return None
+        return empty_response(401)
+
+    @app.before_websocket
+    async def require_websocket_token() -> Response | None:
+        # A Response returned before accept() is sent instead of the upgrade.
+        if websocket.routing_exception is not None or websocket.url_rule is None:
+            return None
+        if authorized(websocket.headers.get("Authorization"), token):
             return None
         return empty_response(401)
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import cattrs
 import orjson
+from cattrs.cols import list_structure_factory
 from cattrs.v import transform_error
 
 from kallichore.errors import BadRequestError
@@ -64,6 +65,21 @@ def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
         raise StrictTypeError(f"expected one of {allowed}") from None
 
 
+def _is_list_type(type_: Any) -> bool:
+    return get_origin(type_) is list
+
+
+def _strict_list_factory(type_: Any, conv: cattrs.Converter) -> Any:
+    base = list_structure_factory(type_, conv)
+
+    def structure_list(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):
+            raise StrictTypeError("expected a JSON array")
+        return base(value, type_)
+
+    return structure_list
+
+
 def _format_exception(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, StrictTypeError):
         return str(exc)
@@ -85,6 +101,9 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(
         lambda t: isinstance(t, type) and issubclass(t, enum.Enum), _structure_enum
     )
+    # cattrs would turn a JSON object or string into a list of its keys or
+    # characters; a JSON array is required.
+    conv.register_structure_hook_factory(_is_list_type, _strict_list_factory)
     conv.register_unstructure_hook_func(
         lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda e: e.value
     )

@@ -28,6 +28,7 @@ from kallichore.api.models import (
     VarAction,
 )
 from kallichore.api.responses import json_response, null_response
+from kallichore.api.websocket import register_channel_route
 from kallichore.config import (
     MAX_IDLE_SHUTDOWN_HOURS,
     MAX_SAMPLE_INTERVAL_MS,
@@ -52,10 +53,38 @@ MAX_PID = 2**31 - 1
 MAX_CONNECTION_TIMEOUT = 24 * 3600  # seconds
 DEFAULT_CONNECTION_TIMEOUT = 30  # seconds
 DEFAULT_PROTOCOL_VERSION = "5.3"
+#: Longest session id; it becomes part of file and socket names.
+MAX_SESSION_ID_BYTES = 200  # bytes
 
 
 def _env_actions(actions: list[VarAction] | None) -> tuple[tuple[str, str, str], ...]:
     return tuple((a.action.value, a.name, a.value) for a in actions or ())
+
+
+def _check_text(field: str, value: str | None) -> None:
+    if value is not None and "\x00" in value:
+        raise BadRequestError(f"{field} must not contain NUL characters")
+
+
+def check_env_actions(field: str, actions: list[VarAction] | None) -> None:
+    """Reject environment actions no process environment can hold."""
+    for index, action in enumerate(actions or ()):
+        name = action.name
+        if not name or "=" in name or "\x00" in name:
+            raise BadRequestError(
+                f"{field}[{index}].name must be a non-empty name without '=' or NUL characters"
+            )
+        _check_text(f"{field}[{index}].value", action.value)
+
+
+def check_session_id(session_id: str) -> None:
+    """A session id must be usable in a URL path segment and a file name."""
+    if not session_id:
+        raise BadRequestError("session_id must not be empty")
+    if len(session_id.encode()) > MAX_SESSION_ID_BYTES:
+        raise BadRequestError(f"session_id is longer than {MAX_SESSION_ID_BYTES} bytes")
+    if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in session_id):
+        raise BadRequestError("session_id must not contain '/', '\\' or control characters")
 
 
 def session_spec(body: NewSession) -> SessionSpec:
@@ -63,8 +92,15 @@ def session_spec(body: NewSession) -> SessionSpec:
 
     Raises:
         BadRequestError: KS-19 when ``argv[0]`` is not found on the server's
-            PATH; 400 for a bad ``connection_timeout``.
+            PATH; 400 for a bad session id, ``connection_timeout``, NUL
+            characters or unusable environment variable names.
     """
+    check_session_id(body.session_id)
+    for index, arg in enumerate(body.argv):
+        _check_text(f"argv[{index}]", arg)
+    check_env_actions("env", body.env)
+    _check_text("working_directory", body.working_directory)
+    _check_text("startup_environment_arg", body.startup_environment_arg)
     if body.argv and find_on_path(body.argv[0], os.environ.get("PATH", "")) is None:
         raise BadRequestError(
             f"Kernel path not found: {body.argv[0]}", code=ErrorCode.KERNEL_PATH_NOT_FOUND
@@ -216,6 +252,7 @@ def register_routes(app: Quart, server: Server) -> None:
     @app.delete("/sessions/<session_id>")
     async def delete_session(session_id: str) -> Response:
         server.registry.delete(session_id)
+        server.channels.close(session_id)
         return null_response()
 
     @app.post("/sessions/<session_id>/start")
@@ -230,12 +267,15 @@ def register_routes(app: Quart, server: Server) -> None:
         body = RestartSession()
         if data.strip() and data.strip() != b"null":
             body = parse_body(data, RestartSession, name="RestartSession")
+            check_env_actions("env", body.env)
+            _check_text("working_directory", body.working_directory)
         await session.restart(body.working_directory or None, _env_actions(body.env) or None)
         return null_response()
 
     @app.post("/sessions/<session_id>/kill")
     async def kill_session(session_id: str) -> Response:
         await server.registry.get(session_id).kill()
+        server.channels.close(session_id)
         return null_response()
 
     @app.post("/sessions/<session_id>/interrupt")
@@ -257,3 +297,5 @@ def register_routes(app: Quart, server: Server) -> None:
     async def connection_info(session_id: str) -> Response:
         info = server.registry.get(session_id).get_connection_info()
         return json_response(info.to_json_dict())
+
+    register_channel_route(app, server)

@@ -11,6 +11,8 @@ are computed here from the sessions' own statistics.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
 
 import attrs
@@ -54,6 +56,8 @@ class SessionRegistry:
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
     # The nursery sessions run in; set by run().
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    # Private directory for kernel connection files; set by run().
+    _files_dir: str | None = attrs.field(default=None, init=False)
     # Ports handed to kernels and not yet released (shared by all sessions).
     ports: PortReservations = attrs.field(factory=PortReservations, init=False)
 
@@ -78,7 +82,10 @@ class SessionRegistry:
             )
         if self._nursery is None:
             raise RuntimeError("the registry is not running")
-        session = KernelSession(spec, self._nursery, self.ports, self._activity)
+        assert self._files_dir is not None
+        session = KernelSession(
+            spec, self._nursery, self.ports, self._activity, files_dir=self._files_dir
+        )
         self._sessions[spec.session_id] = session
         logger.info("Created session %s (%s)", spec.session_id, spec.display_name)
         return session
@@ -96,6 +103,7 @@ class SessionRegistry:
                 ErrorCode.SESSION_RUNNING, f"Session {session_id} is running", http_status=400
             )
         del self._sessions[session_id]
+        session.release_resources()
         logger.info("Deleted session %s", session_id)
 
     def _activity(self) -> None:
@@ -156,10 +164,17 @@ class SessionRegistry:
         **Cancellation:** cancelling this task stops every session; each one
         runs its own bounded shutdown ladder, shielded.
         """
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        # Kernel connection and registration files hold session keys: they go
+        # in a private directory that disappears with the registry.
+        self._files_dir = tempfile.mkdtemp(prefix="kallichore-")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._nursery = None
+        finally:
+            shutil.rmtree(self._files_dir, ignore_errors=True)
+            self._files_dir = None

@@ -52,6 +52,7 @@ import zmq
 from kallichore.errors import (
     ErrorCode,
     KallichoreError,
+    LocalProtocolError,
     RemoteProtocolError,
     SessionStateError,
     StartupError,
@@ -181,6 +182,8 @@ class _Incarnation:
     internal: set[str] = attrs.field(factory=set)
     replies: dict[str, trio.MemorySendChannel[WireMessage]] = attrs.field(factory=dict)
     ports: tuple[int, ...] = ()
+    # Files written for this kernel (they hold the key); removed when it ends.
+    files: list[str] = attrs.field(factory=list)
     send_lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
 
 
@@ -195,6 +198,8 @@ class KernelSession:
     _nursery: trio.Nursery
     _ports: PortReservations
     _on_activity: Callable[[], None] = lambda: None
+    #: Private directory (0700) for connection and registration files.
+    _files_dir: str = attrs.field(factory=tempfile.gettempdir)
     key: str = attrs.field(factory=generate_key, repr=False)
     created: dt.datetime = attrs.field(factory=_utc_now)
     tracker: StatusTracker = attrs.field(factory=StatusTracker)
@@ -222,6 +227,8 @@ class KernelSession:
     _signer: Signer = attrs.field(init=False, repr=False)
     _resource_procs: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
     _resource_ticks: int = attrs.field(default=0, init=False)
+    # Ports reserved by GET connection_info for a kernel not started by us.
+    _held_ports: tuple[int, ...] = attrs.field(default=(), init=False)
 
     def __attrs_post_init__(self) -> None:
         self.working_directory = self.spec.working_directory
@@ -303,6 +310,22 @@ class KernelSession:
         self.outbox_changed = trio.Event()
 
     def _forward(self, channel: str, msg: WireMessage, *, droppable: bool = False) -> None:
+        # Content and metadata are spliced into the envelope without being
+        # re-encoded, so they must be valid UTF-8 JSON, or one bad message
+        # would poison every frame after it.
+        try:
+            orjson.loads(msg.content)
+            if msg.metadata:
+                orjson.loads(msg.metadata)
+        except orjson.JSONDecodeError as exc:
+            logger.warning(
+                "%r: dropped a %s %s whose content is not valid JSON: %s",
+                self,
+                channel,
+                msg.msg_type,
+                exc,
+            )
+            return
         header = {"msg_id": msg.msg_id, "msg_type": msg.msg_type}
         parent_id = msg.parent_msg_id
         parent: dict[str, str] | None = (
@@ -372,15 +395,20 @@ class KernelSession:
         """
         while True:
             if attachment.kicked or self._client is not attachment:
+                await trio.lowlevel.checkpoint()
                 return []
             if len(self.outbox):
+                # Checkpoint *before* taking anything: a cancellation here
+                # loses nothing, and nothing awaits once frames are taken.
+                await trio.lowlevel.checkpoint()
+                if attachment.kicked or self._client is not attachment or not len(self.outbox):
+                    continue
                 frames: list[bytes] = []
                 dropped = self.outbox.take_dropped()
                 if dropped:
                     frames.append(orjson.dumps({"kind": "kernel", "outputDropped": dropped}))
                 while len(frames) < limit and (frame := self.outbox.pop()) is not None:
                     frames.append(frame)
-                await trio.lowlevel.checkpoint()
                 return frames
             await self.outbox_changed.wait()
 
@@ -453,7 +481,11 @@ class KernelSession:
             )
         self._busy_starting = True
         try:
-            info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+            # The kernel belongs to the session, not to the HTTP request: a
+            # client that gives up must not kill it half-started. The start
+            # is bounded by connection_timeout (and the shutdown ladder).
+            with trio.CancelScope(shield=True):
+                info: dict[str, Any] = await self._nursery.start(self._run_kernel)
         finally:
             self._busy_starting = False
         return info
@@ -498,11 +530,6 @@ class KernelSession:
     ) -> None:
         spec = self.spec
         self.set_status(SessionStatus.STARTING, "start API called")
-        env = launch.resolve_environment(dict(os.environ), self.env_actions)
-        self.initial_env = env
-        cwd, warning = launch.choose_working_directory(self.working_directory, os.getcwd())
-        if warning:
-            logger.warning("%r: %s", self, warning)
         jep66 = uses_registration_handshake(spec.protocol_version)
         inc = _Incarnation(process=None)
         plan: launch.LaunchPlan | None = None
@@ -512,14 +539,21 @@ class KernelSession:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(registration.aclose)
             try:
+                env = launch.resolve_environment(dict(os.environ), self.env_actions)
+                self.initial_env = env
+                cwd, warning = launch.choose_working_directory(self.working_directory, os.getcwd())
+                if warning:
+                    logger.warning("%r: %s", self, warning)
+                # Ports reserved by an earlier GET connection_info are not reused:
+                # a start always writes a fresh connection file (as Kallichore).
+                self._release_held_ports()
                 if jep66:
                     self.connection_info = None  # the kernel will report its ports
                     reg_sock, reg_port = await registration.enter_async_context(
                         open_registration_socket()
                     )
-                    path = os.path.join(
-                        tempfile.gettempdir(), f"registration_{spec.session_id}.json"
-                    )
+                    path = os.path.join(self._files_dir, f"registration_{spec.session_id}.json")
+                    inc.files.append(path)
                     _write_private(
                         path, encode_registration_file(key=self.key, registration_port=reg_port)
                     )
@@ -527,7 +561,8 @@ class KernelSession:
                     reg_sock = None
                     info = self._new_connection_info()
                     inc.ports = _ports_of(info)
-                    path = os.path.join(tempfile.gettempdir(), f"connection_{spec.session_id}.json")
+                    path = os.path.join(self._files_dir, f"connection_{spec.session_id}.json")
+                    inc.files.append(path)
                     _write_private(path, encode_connection_file(info))
                     self.connection_info = info
                 argv = launch.substitute_connection_file(spec.argv, path)
@@ -547,11 +582,15 @@ class KernelSession:
                         f"Failed to start process for session: {exc}",
                         exit_code=exc.errno,
                     ) from None
-            except (StartupError, TransportError, OSError, PortPickError) as exc:
+            except Exception as exc:
+                # Whatever failed before the kernel existed: release what was
+                # reserved, record the exit, and report a startup error.
                 self._release(inc)
                 self.set_status(SessionStatus.EXITED, f"failed to start: {exc}")
                 if isinstance(exc, StartupError):
                     raise
+                if not isinstance(exc, TransportError | OSError | PortPickError | ValueError):
+                    logger.exception("%r: unexpected error while starting", self)
                 raise StartupError(
                     ErrorCode.PROCESS_START_FAILED, f"Failed to start process for session: {exc}"
                 ) from None
@@ -624,6 +663,13 @@ class KernelSession:
                                 task_status.started(kernel_info)
                                 nursery.start_soon(self._monitor_heartbeat, inc)
                                 await trio.sleep_forever()
+                except Exception:
+                    if not started:
+                        raise
+                    # A bug in a pump must not reach the registry's nursery
+                    # (it would take every session and the server down):
+                    # treat it as a crash of this kernel.
+                    logger.exception("%r: internal error; stopping the kernel", self)
                 finally:
                     await self._stop_incarnation(inc)
         if not started:
@@ -767,8 +813,7 @@ class KernelSession:
                 self._check_working_directory()
 
     async def _read_replies(self, inc: _Incarnation, channel: str) -> None:
-        assert inc.sockets is not None
-        sock = getattr(inc.sockets, channel)
+        sock = _socket_for(inc, channel)
         deserializer = Deserializer(self._signer, ReplayWindow())
         while True:
             frames = await sock.receive_multipart()
@@ -852,7 +897,7 @@ class KernelSession:
             content=content if isinstance(content, bytes) else orjson.dumps(content),
             buffers=buffers,
         )
-        sock = getattr(inc.sockets, channel)
+        sock = _socket_for(inc, channel)
         async with inc.send_lock:
             await sock.send_multipart(serialize(msg, self._signer))
 
@@ -880,15 +925,15 @@ class KernelSession:
         if inc is None or inc.sockets is None:
             logger.warning("%r: no kernel; dropping client %s", self, msg_type)
             return
+        if channel not in _CHANNELS_TO_KERNEL:
+            logger.warning("%r: dropping client %s on channel %r", self, msg_type, channel)
+            return
         if msg_type == "execute_request":
             if not self.execution_queue.submit(message):
                 self.emit_event({"executionQueued": str(header.get("msg_id", ""))})
                 return
         elif msg_type in ("interrupt_request", "shutdown_request"):
             self._clear_queue(msg_type)
-        if channel not in _CHANNELS_TO_KERNEL:
-            logger.warning("%r: dropping client %s on channel %r", self, msg_type, channel)
-            return
         await self._send_client_message(inc, message)
 
     async def _send_client_message(self, inc: _Incarnation, message: dict[str, Any]) -> None:
@@ -911,16 +956,20 @@ class KernelSession:
         except (ValueError, TypeError):
             logger.warning("%r: dropping a client message with invalid base64 buffers", self)
             return
-        await self._send_wire(
-            inc,
-            str(message.get("channel", "shell")),
-            str(header["msg_type"]),
-            orjson.dumps(message.get("content", {})),
-            msg_id=str(header.get("msg_id") or short_msg_id()),
-            parent=parent_header,
-            metadata=orjson.dumps(message.get("metadata") or {}),
-            buffers=buffers,
-        )
+        try:
+            await self._send_wire(
+                inc,
+                str(message.get("channel", "shell")),
+                str(header["msg_type"]),
+                orjson.dumps(message.get("content", {})),
+                msg_id=str(header.get("msg_id") or short_msg_id()),
+                parent=parent_header,
+                metadata=orjson.dumps(message.get("metadata") or {}),
+                buffers=buffers,
+            )
+        except TransportError as exc:
+            # The kernel is going away; its exit is being handled elsewhere.
+            logger.warning("%r: could not send a client message to the kernel: %s", self, exc)
 
     # ------------------------------------------------------- interrupt / kill
 
@@ -999,7 +1048,22 @@ class KernelSession:
             raise StartupError(
                 ErrorCode.RESTART_FAILED, "Failed to restart kernel: Kernel is already restarting"
             )
+        if self._busy_starting:
+            raise SessionStateError(
+                ErrorCode.RESTART_FAILED,
+                "Failed to restart kernel: Kernel is still starting",
+                "Wait for the start to finish, then restart",
+                http_status=400,
+            )
         self._restarting = True
+        # Shielded like start(): both halves are bounded, and a client that
+        # gives up half-way must not leave the session without a kernel.
+        with trio.CancelScope(shield=True):
+            await self._restart(working_directory, env)
+
+    async def _restart(
+        self, working_directory: str | None, env: tuple[tuple[str, str, str], ...] | None
+    ) -> None:
         try:
             if working_directory:
                 resolved = _resolve_directory(working_directory)
@@ -1007,7 +1071,9 @@ class KernelSession:
                     self.working_directory = resolved
                 else:
                     logger.warning(
-                        "%r: restart directory %s is not a directory; ignored", self, resolved
+                        "%r: restart directory %s is not a directory; ignored",
+                        self,
+                        working_directory,
                     )
             else:
                 self._check_working_directory()
@@ -1030,7 +1096,8 @@ class KernelSession:
             )
         self._busy_starting = True
         try:
-            result: dict[str, Any] = await self._nursery.start(self._run_adopted, info)
+            with trio.CancelScope(shield=True):  # bounded by connection_timeout
+                result: dict[str, Any] = await self._nursery.start(self._run_adopted, info)
         finally:
             self._busy_starting = False
         return result
@@ -1041,7 +1108,7 @@ class KernelSession:
         *,
         task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self.connection_info = attrs.evolve(info, key=self.key)
+        adopted = attrs.evolve(info, key=self.key)
         inc = _Incarnation(process=None)
         started = False
         failure: KallichoreError | None = None
@@ -1053,7 +1120,7 @@ class KernelSession:
                         with trio.fail_after(self.spec.connection_timeout):
                             inc.sockets = await stack.enter_async_context(
                                 open_kernel_sockets(
-                                    _endpoints(self.connection_info),
+                                    _endpoints(adopted),
                                     identity=self.session_id.encode(),
                                 )
                             )
@@ -1074,6 +1141,7 @@ class KernelSession:
                         )
                         nursery.cancel_scope.cancel()
                     else:
+                        self.connection_info = adopted
                         self._kernel_ready(kernel_info, extract_prompts=False)
                         inc.starting = False
                         started = True
@@ -1082,6 +1150,10 @@ class KernelSession:
                         await TrioZmqSocket(monitor).receive_multipart()
                         logger.info("%r: the adopted kernel's sockets disconnected", self)
                         nursery.cancel_scope.cancel()
+        except Exception:
+            if not started:
+                raise
+            logger.exception("%r: internal error; disconnecting the adopted kernel", self)
         finally:
             inc.exit_code = 0
             if started:
@@ -1102,6 +1174,7 @@ class KernelSession:
         if self.connection_info is None:
             try:
                 self.connection_info = self._new_connection_info()
+                self._held_ports = _ports_of(self.connection_info)
             except PortPickError as exc:
                 raise KallichoreError(
                     ErrorCode.NO_CONNECTION_INFO,
@@ -1120,6 +1193,7 @@ class KernelSession:
                 proc is not None
                 and proc.returncode is None
                 and not inc.kill
+                and not inc.starting
                 and inc.sockets is not None
             ):
                 restart = inc.restart
@@ -1157,6 +1231,19 @@ class KernelSession:
         if inc.ports:
             self._ports.release(inc.ports)
             inc.ports = ()
+        for path in inc.files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        inc.files.clear()
+
+    def _release_held_ports(self) -> None:
+        if self._held_ports:
+            self._ports.release(self._held_ports)
+            self._held_ports = ()
+
+    def release_resources(self) -> None:
+        """Give back what a session holds without a kernel (on delete)."""
+        self._release_held_ports()
 
     # --------------------------------------------------------------- resources
 
@@ -1210,6 +1297,19 @@ def _output_emitter(session: KernelSession, inc: _Incarnation) -> Callable[[str,
     return emit
 
 
+def _socket_for(inc: _Incarnation, channel: str) -> TrioZmqSocket:
+    """The DEALER socket for a channel we may send on and read replies from."""
+    sockets = inc.sockets
+    assert sockets is not None
+    if channel == "shell":
+        return sockets.shell
+    if channel == "control":
+        return sockets.control
+    if channel == "stdin":
+        return sockets.stdin
+    raise LocalProtocolError(f"no kernel socket to send on for channel {channel!r}")
+
+
 def _resolve_directory(path: str) -> str | None:
     """``~``-expanded, canonical ``path`` if it is a directory, else ``None``."""
     resolved = os.path.expanduser(path)
@@ -1248,8 +1348,13 @@ def _ports_of(info: ConnectionInfo) -> tuple[int, ...]:
 
 
 def _write_private(path: str, data: bytes) -> None:
-    """Write a file only this user can read (it holds the session key)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Create a file only this user can read (it holds the session key).
+
+    ``O_EXCL | O_NOFOLLOW``: never write through a file or link someone else
+    placed there first.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(path, 0o600)

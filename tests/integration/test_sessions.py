@@ -755,3 +755,81 @@ def test_busy_status_while_executing(server: KernelServer, basic: dict[str, Any]
         assert result.status == "ok", result
     server.wait_status("basic", "idle", 2)
     assert server.get("/status").json()["busy"] is False
+
+
+# --------------------------------------------------------------------------
+# Regressions found by fuzzing the API (schemathesis and by hand).
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"session_id": ""}, "session_id must not be empty"),
+        ({"session_id": "a/b"}, "session_id must not contain"),
+        ({"session_id": "a\u0001b"}, "session_id must not contain"),
+        ({"session_id": "x" * 201}, "longer than 200 bytes"),
+        ({"argv": {"/bin/true": 1}}, "expected a JSON array @ $.argv"),
+        ({"argv": "/bin/true"}, "expected a JSON array @ $.argv"),
+        ({"argv": [sys.executable, "a\u0000b"]}, "argv[1] must not contain NUL"),
+        ({"env": [{"action": "replace", "name": "A=B", "value": "x"}]}, "env[0].name"),
+        ({"env": [{"action": "replace", "name": "", "value": "x"}]}, "env[0].name"),
+        ({"env": [{"action": "replace", "name": "A", "value": "a\u0000"}]}, "env[0].value"),
+        ({"env": {}}, "expected a JSON array @ $.env"),
+    ],
+)
+def test_create_rejects_unusable_values(
+    server: KernelServer, overrides: dict[str, Any], message: str
+) -> None:
+    body = session_body("fuzz-regression")
+    body.update(overrides)
+    res = server.put("/sessions", body)
+    assert res.status == 400, res
+    assert message in res.json()["message"]
+    assert server.get("/sessions/fuzz-regression").status == 404
+
+
+def test_restart_rejects_unusable_env(server: KernelServer) -> None:
+    server.create("restart-env-check", argv=[])
+    res = server.post(
+        "/sessions/restart-env-check/restart",
+        {"env": [{"action": "replace", "name": "A=B", "value": "x"}]},
+    )
+    assert res.status == 400, res
+    assert "env[0].name" in res.json()["message"]
+
+
+def test_a_client_that_gives_up_does_not_kill_a_starting_kernel(server: KernelServer) -> None:
+    """The kernel belongs to the session, not to the HTTP request that started it."""
+    server.create("impatient")
+    with pytest.raises(TimeoutError):
+        server.request("POST", "/sessions/impatient/start", timeout=0.05)
+    session = server.wait_status("impatient", "idle", timeout=30)
+    assert session.get("process_id")
+    assert server.post("/sessions/impatient/kill").status == 200
+
+
+def test_restart_while_starting_is_refused_and_the_start_completes(
+    server: KernelServer,
+) -> None:
+    server.create("restart-during-start")
+    results: dict[str, Any] = {}
+
+    def start() -> None:
+        results["start"] = server.post("/sessions/restart-during-start/start")
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    try:
+        wait_for(
+            lambda: server.status_of("restart-during-start") == "starting",
+            timeout=10,
+            what="the session to be starting",
+        )
+        res = server.post("/sessions/restart-during-start/restart")
+        assert res.status == 400, res
+        assert res.json()["code"] == "KS-13"
+    finally:
+        thread.join(timeout=40)
+    assert results["start"].status == 200, results["start"]
+    assert server.status_of("restart-during-start") == "idle"
+    assert server.post("/sessions/restart-during-start/kill").status == 200

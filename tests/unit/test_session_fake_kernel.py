@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import tempfile
 import uuid
@@ -80,10 +81,14 @@ def leftovers() -> Iterator[list[str]]:
     leaked = _fake_kernels(session_ids)
     for proc in leaked:
         proc.kill()
-    for session_id in session_ids:
-        for name in (f"connection_{session_id}.json", f"registration_{session_id}.json"):
-            Path(tempfile.gettempdir(), name).unlink(missing_ok=True)
+    stray = [
+        name
+        for session_id in session_ids
+        for name in (f"connection_{session_id}.json", f"registration_{session_id}.json")
+        if Path(tempfile.gettempdir(), name).exists()
+    ]
     assert not leaked, f"fake kernels left running: {[p.pid for p in leaked]}"
+    assert not stray, f"kernel files written to the shared temp dir: {stray}"
 
 
 @pytest.fixture
@@ -284,8 +289,12 @@ async def test_jep66_registration_handshake(make_session: Callable[..., KernelSe
 
     assert info["implementation"] == "fake"
     assert session.status is SessionStatus.IDLE
-    registration = trio.Path(tempfile.gettempdir(), f"registration_{session.session_id}.json")
+    # The file holds the session key: a private directory, mode 0600.
+    files_dir = session._files_dir
+    assert stat.S_IMODE(os.stat(files_dir).st_mode) == 0o700
+    registration = trio.Path(files_dir, f"registration_{session.session_id}.json")
     assert orjson.loads(await registration.read_bytes())["registration_port"] > 0
+    assert stat.S_IMODE((await registration.stat()).st_mode) == 0o600
     frames.drain()
     [completed] = frames.events("handshakeCompleted")
     assert completed[0] == session.session_id
@@ -648,7 +657,7 @@ async def test_a_restarting_session_cannot_be_deleted(
         # Poll every scheduling round: "exited" lasts at least one round
         # between the old kernel's cleanup and the new start.
         while session.status is not SessionStatus.EXITED:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         assert session.process_id is None
         with pytest.raises(SessionStateError):
             registry.delete(session.session_id)
@@ -656,3 +665,50 @@ async def test_a_restarting_session_cannot_be_deleted(
     assert session.status is SessionStatus.IDLE
     await session.kill()
     registry.delete(session.session_id)
+
+
+async def test_kernel_files_are_removed_when_the_kernel_ends(
+    make_session: Callable[..., KernelSession],
+) -> None:
+    session = make_session()
+    await session.start()
+    path = trio.Path(session._files_dir, f"connection_{session.session_id}.json")
+    assert await path.exists()
+    await session.kill()
+    assert not await path.exists()
+
+
+async def test_a_queued_execute_on_a_bad_channel_is_dropped_not_fatal(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    """A client frame naming a channel we cannot send on must never reach a socket.
+
+    It used to be queued first and, when released, crash the registry's
+    nursery (and with it every session and the server).
+    """
+    session = make_session()
+    frames = Frames(session)
+    await session.start()
+    await session.send_from_client(execute_request("sleep 0.5"))
+    for channel in ("bogus", "iopub", "hb"):
+        bad = execute_request("print('never')")
+        bad["channel"] = channel
+        await session.send_from_client(bad)
+    last = execute_request("after")
+    await session.send_from_client(last)
+    await frames.wait_for(is_idle(last["header"]["msg_id"]))
+    texts = [f["content"]["text"] for f in frames.jupyter("stream")]
+    assert "after" in texts
+    assert not any("never" in t for t in texts)
+    assert session.status is SessionStatus.IDLE
+    assert len(registry) == 1
+
+
+async def test_ports_reserved_by_connection_info_are_released_on_delete(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    for _ in range(20):
+        session = make_session()
+        session.get_connection_info()
+        registry.delete(session.session_id)
+    assert len(registry.ports) == 0

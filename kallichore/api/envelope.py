@@ -1,0 +1,128 @@
+"""Client -> server frames on the channel WebSocket: parsing and checking.
+
+A client sends one Jupyter message per text frame, as a JSON object (the
+shape Positron sends, kallichore-behaviour.md section 4.5)::
+
+    {"header": {"msg_id": "...", "msg_type": "execute_request", ...},
+     "parent_header": null,
+     "channel": "shell",
+     "content": {...},
+     "metadata": {},
+     "buffers": ["<base64>", ...]}
+
+``header`` must carry string ``msg_id`` and ``msg_type`` (other header
+fields are ignored: the server writes its own ``session``, ``username``,
+``date`` and ``version`` towards the kernel); ``channel`` is a string;
+``content`` must be present. ``parent_header`` (``null`` or an object),
+``metadata`` (an object) and ``buffers`` (a list of base64 strings) are
+optional here, more lenient than Kallichore, which requires the last two. A
+``"kind": "jupyter"`` tag (sent by Kallichore's own tests, not by Positron)
+is accepted and ignored; any other ``kind`` is refused. Unknown keys are
+ignored.
+
+Anything else raises :class:`~kallichore.errors.RemoteProtocolError` with a
+message saying what is wrong; the bridge logs it and drops the frame.
+
+Pure: no trio, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from kallichore.errors import RemoteProtocolError
+
+__all__ = ["parse_client_frame"]
+
+
+def parse_client_frame(data: str | bytes) -> dict[str, Any]:
+    """Parse one client text frame into the message dict the session expects.
+
+    Args:
+        data: the frame's text (``str``) or its UTF-8 bytes.
+
+    Returns:
+        A dict with ``header`` (``msg_id``, ``msg_type`` and whatever else
+        the client sent), ``parent_header`` (``None`` or a dict),
+        ``channel``, ``content``, ``metadata`` (a dict, ``{}`` when absent)
+        and ``buffers`` (a list of strings, ``[]`` when absent).
+
+    Raises:
+        RemoteProtocolError: the frame is not such a message.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RemoteProtocolError(f"client frame is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"client frame must be a JSON object, not {_json_type(value)}")
+    kind = value.get("kind", "jupyter")
+    if kind != "jupyter":
+        raise RemoteProtocolError(f"client frame has kind {kind!r}; only 'jupyter' is accepted")
+
+    header = value.get("header")
+    if not isinstance(header, dict):
+        raise RemoteProtocolError("client frame has no 'header' object")
+    for field in ("msg_id", "msg_type"):
+        if not isinstance(header.get(field), str):
+            raise RemoteProtocolError(f"client frame's header has no string {field!r}")
+
+    parent = value.get("parent_header")
+    if parent is not None and not isinstance(parent, dict):
+        raise RemoteProtocolError(
+            f"client frame's 'parent_header' must be an object or null, not {_json_type(parent)}"
+        )
+
+    channel = value.get("channel")
+    if not isinstance(channel, str):
+        raise RemoteProtocolError("client frame has no string 'channel'")
+
+    if "content" not in value:
+        raise RemoteProtocolError("client frame has no 'content'")
+
+    metadata = value.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise RemoteProtocolError(
+            f"client frame's 'metadata' must be an object, not {_json_type(metadata)}"
+        )
+
+    buffers = value.get("buffers")
+    if buffers is None:
+        buffers = []
+    elif not isinstance(buffers, list) or not all(isinstance(b, str) for b in buffers):
+        raise RemoteProtocolError("client frame's 'buffers' must be a list of base64 strings")
+    for index, buffer in enumerate(buffers):
+        try:
+            base64.b64decode(buffer, validate=True)
+        except ValueError:
+            raise RemoteProtocolError(
+                f"client frame's buffer {index} is not valid base64"
+            ) from None
+
+    return {
+        "header": header,
+        "parent_header": parent,
+        "channel": channel,
+        "content": value["content"],
+        "metadata": metadata,
+        "buffers": buffers,
+    }
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -1,0 +1,353 @@
+"""The channel bridge: one client connection <-> one kernel session.
+
+A client (Positron) talks Jupyter to a session over one WebSocket, reached
+either by upgrading ``GET /sessions/{id}/channels`` on the TCP server or
+through a per-session Unix socket (:mod:`kallichore.api.channel_socket`).
+Both transports run the same bridge, :func:`serve_channel`, against a small
+:class:`ChannelConnection` interface.
+
+Task tree of one connection (quart-trio's ``asgi.py`` pattern: one nursery,
+the first task to finish ends the others)::
+
+    serve_channel                 attach_client ... detach_client
+    ├── _Bridge.deliver           outbox -> client text frames
+    ├── _Bridge.receive           client text frames -> kernel
+    └── _Bridge.keepalive         pings (Unix socket only; hypercorn pings on TCP)
+
+Delivery
+    ``session.next_frames`` hands out batches of encoded frames; each is
+    sent as a text message. Frames taken but not written (the connection
+    failed, or the client asked to close) go back with ``session.requeue``,
+    so the next client gets them, in order. Waiting for frames happens
+    *outside* ``next_frames`` (on ``session.outbox_changed``), and
+    ``next_frames`` itself runs shielded once frames are there, so a
+    cancellation can never strike between taking frames and sending them.
+    The session never waits for the client: the outbox is bounded and its
+    overflow policy (drop the oldest output, report ``outputDropped``)
+    lives in :mod:`kallichore.session.outbox`.
+
+Takeover
+    A newer client makes ``next_frames`` return ``[]`` for the older one,
+    which sends ``clientDisconnected`` and closes.
+
+Closing
+    When the client ends its side (an empty text frame, a Close frame, or
+    EOF) the receive task stops and asks the delivery task to stop at the
+    next frame boundary, within :data:`DRAIN_TIMEOUT`. So a client that
+    says goodbye and then reads until the server's Close receives every
+    frame that was written, and everything else stays queued for the next
+    client. A connection that just vanishes can lose the frames that were
+    in flight in socket buffers (as in Kallichore); on TCP hypercorn also
+    silently discards frames written after it has processed the client's
+    Close frame, which is why the empty text frame is the lossless way to
+    hand a session over.
+
+Keep-alive
+    On the Unix socket the bridge sends a ping immediately and every
+    :data:`PING_INTERVAL` (payload: an 8-byte big-endian counter) and drops
+    a client with more than :data:`MAX_UNANSWERED_PINGS` unanswered pings.
+    On TCP, hypercorn sends the pings (``websocket_ping_interval``) and a
+    dead peer is noticed through TCP errors; there is no missing-pong rule
+    there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import orjson
+import trio
+
+from kallichore.api.envelope import parse_client_frame
+from kallichore.config import Transport
+from kallichore.errors import ErrorCode, KallichoreError, RemoteProtocolError, SessionNotFoundError
+
+if TYPE_CHECKING:
+    from quart import Quart, Response
+
+    from kallichore.server import Server
+    from kallichore.supervisor.session import ClientAttachment, KernelSession
+
+__all__ = [
+    "DRAIN_TIMEOUT",
+    "MAX_UNANSWERED_PINGS",
+    "PING_INTERVAL",
+    "TAKEOVER_NOTICE",
+    "ChannelClosedError",
+    "ChannelConnection",
+    "register_channel_route",
+    "serve_channel",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Time between server pings (the first is sent at once).
+PING_INTERVAL = 10.0  # seconds
+#: More unanswered pings than this and the client is considered gone.
+MAX_UNANSWERED_PINGS = 3  # pings
+#: How long delivery may take to reach a frame boundary once the client closed.
+DRAIN_TIMEOUT = 5.0  # seconds
+#: What a client that was taken over receives before the Close frame.
+TAKEOVER_NOTICE = orjson.dumps(
+    {"kind": "kernel", "clientDisconnected": "Another client is connecting to this session."}
+).decode()
+
+_CHANNELS_PATH = "/sessions/<session_id>/channels"
+
+
+class ChannelClosedError(Exception):
+    """The connection can no longer carry frames (peer gone, or closing)."""
+
+
+class ChannelConnection(Protocol):
+    """What the bridge needs from a WebSocket, whatever carries it."""
+
+    #: Highest ping counter the client has answered, or ``None`` when the
+    #: transport keeps the connection alive by itself (no bridge pings).
+    @property
+    def pongs_received(self) -> int | None: ...
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message. Raises :class:`ChannelClosedError`."""
+
+    async def send_ping(self, payload: bytes) -> None:
+        """Send a ping. Raises :class:`ChannelClosedError`."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next complete message; ``None`` once the client has closed."""
+
+
+async def serve_channel(
+    session: KernelSession, conn: ChannelConnection, *, socket_path: str | None = None
+) -> None:
+    """Make ``conn`` the session's client until one side ends it.
+
+    Attaches (kicking any previous client), runs delivery, reception and
+    keep-alive, and always detaches. Closing ``conn`` is the caller's job.
+
+    Args:
+        session: the session to bridge.
+        conn: the client's connection.
+        socket_path: the per-session socket the client came through, shown
+            as ``socket_path`` in the session's details while attached.
+
+    **Cancellation:** safe at any point; frames taken from the outbox and not
+    written are requeued first.
+
+    **Errors:** none from the client side: a failed connection just ends.
+    """
+    attachment = session.attach_client(socket_path=socket_path)
+    bridge = _Bridge(session, attachment, conn)
+    try:
+        async with trio.open_nursery() as nursery:
+            bridge.nursery = nursery
+            nursery.start_soon(bridge.deliver)
+            nursery.start_soon(bridge.receive)
+            if conn.pongs_received is not None:
+                nursery.start_soon(bridge.keepalive)
+    finally:
+        session.detach_client(attachment)
+
+
+@attrs.define(eq=False)
+class _Bridge:
+    session: KernelSession
+    attachment: ClientAttachment
+    conn: ChannelConnection
+    nursery: trio.Nursery | None = None
+    # Set once the client has ended its side; delivery stops at a frame boundary.
+    closing: bool = False
+    # Scope around delivery's wait for frames (never around a send), while waiting.
+    wait_scope: trio.CancelScope | None = None
+
+    def _end(self) -> None:
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+
+    async def deliver(self) -> None:
+        try:
+            await self._deliver()
+        finally:
+            self._end()
+
+    async def _deliver(self) -> None:
+        session, attachment = self.session, self.attachment
+        while not self.closing:
+            with trio.CancelScope() as self.wait_scope:
+                while not (
+                    len(session.outbox)
+                    or attachment.kicked
+                    or not session.is_current_client(attachment)
+                ):
+                    await session.outbox_changed.wait()
+            self.wait_scope = None
+            if self.closing:
+                return
+            # Frames are there (or we were kicked): this returns at once, and
+            # must not be interrupted after taking them.
+            with trio.CancelScope(shield=True):
+                frames = await session.next_frames(attachment)
+            if not frames:
+                logger.info("%r: client taken over by a newer one", session)
+                with contextlib.suppress(ChannelClosedError):
+                    await self.conn.send_text(TAKEOVER_NOTICE)
+                return
+            sent = 0
+            try:
+                for frame in frames:
+                    if self.closing:
+                        break
+                    await self.conn.send_text(frame.decode("utf-8", errors="replace"))
+                    sent += 1
+            except ChannelClosedError as exc:
+                logger.info("%r: client connection failed: %s", session, exc)
+                session.requeue(frames[sent:])
+                return
+            except BaseException:
+                session.requeue(frames[sent:])
+                raise
+            if sent < len(frames):
+                session.requeue(frames[sent:])
+
+    async def receive(self) -> None:
+        try:
+            await self._receive()
+        finally:
+            # Let delivery finish the frame it is writing, then stop.
+            self.closing = True
+            if self.wait_scope is not None:
+                self.wait_scope.cancel()
+            assert self.nursery is not None
+            scope = self.nursery.cancel_scope
+            scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_TIMEOUT)
+
+    async def _receive(self) -> None:
+        while True:
+            message = await self.conn.receive()
+            if message is None:
+                logger.debug("%r: the client closed the connection", self.session)
+                return
+            if isinstance(message, bytes):
+                logger.debug("%r: ignoring a binary frame from the client", self.session)
+                continue
+            if not message:
+                logger.info("%r: the client sent an empty frame; closing", self.session)
+                return
+            try:
+                await self.session.send_from_client(parse_client_frame(message))
+            except RemoteProtocolError as exc:
+                logger.warning("%r: dropping a client frame: %s", self.session, exc)
+
+    async def keepalive(self) -> None:
+        try:
+            sent = 0
+            while True:
+                answered = self.conn.pongs_received or 0
+                if sent - answered > MAX_UNANSWERED_PINGS:
+                    logger.warning(
+                        "%r: lost connection to the client (%d pings unanswered)",
+                        self.session,
+                        sent - answered,
+                    )
+                    return
+                sent += 1
+                try:
+                    await self.conn.send_ping(sent.to_bytes(8, "big"))
+                except ChannelClosedError:
+                    return
+                await trio.sleep(PING_INTERVAL)
+        finally:
+            self._end()
+
+
+# ------------------------------------------------------------------- TCP route
+
+
+class _QuartConnection:
+    """A Quart websocket as a :class:`ChannelConnection`.
+
+    hypercorn answers pings and sends its own (``websocket_ping_interval``),
+    so ``pongs_received`` is ``None`` and the bridge sends none.
+    """
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    @property
+    def pongs_received(self) -> int | None:
+        return None
+
+    async def send_text(self, text: str) -> None:
+        await self._ws.send(text)
+
+    async def send_ping(self, payload: bytes) -> None:  # pragma: no cover - not used
+        raise NotImplementedError
+
+    async def receive(self) -> str | bytes | None:
+        # quart-trio delivers an empty binary frame as None; a disconnect
+        # cancels the handler instead of returning.
+        message: str | bytes | None = await self._ws.receive()
+        return b"" if message is None else message
+
+
+def register_channel_route(app: Quart, server: Server) -> None:
+    """Serve ``GET /sessions/{id}/channels`` (operationId ``channels_upgrade``).
+
+    One view serves both the HTTP rule and the WebSocket rule of the path:
+
+    * socket transport: any GET (with or without upgrade headers) returns
+      the path of the session's channel socket as a JSON string (404 for an
+      unknown session, 400 ``socket_path_too_long``/``domain_socket_error``);
+    * TCP transport: a WebSocket upgrade runs the bridge; an unknown session
+      is a 400 ``KS-1`` error *before* accepting, so the session's current
+      client is not disturbed; a plain GET is a 400 error.
+
+    The bearer token is checked first by the app's before-request and
+    before-websocket hooks.
+    """
+    # The HTTP stack is imported only by the app (kallichore.server imports
+    # this module for the bridge, and stays light).
+    from quart import has_websocket_context, websocket
+
+    from kallichore.api.responses import json_response
+
+    async def channels_upgrade(session_id: str) -> Response | None:
+        if server.config.transport is Transport.SOCKET:
+            session = server.registry.get(session_id)
+            return json_response(server.channels.open(session))
+        if not has_websocket_context():
+            return json_response(
+                {
+                    "code": ErrorCode.BAD_REQUEST.value,
+                    "message": "This endpoint requires a WebSocket upgrade",
+                    "details": "Connect with a WebSocket client to "
+                    f"/sessions/{session_id}/channels",
+                },
+                400,
+            )
+        try:
+            session = server.registry.get(session_id)
+        except SessionNotFoundError:
+            error = KallichoreError(
+                ErrorCode.SESSION_NOT_FOUND,
+                f"Session {session_id} not found",
+                "Establishing a websocket connection requires a valid session ID",
+                http_status=400,
+            )
+            return json_response(error.to_body(), error.http_status)
+        await websocket.accept()
+        logger.info("%r: client connected over TCP", session)
+        await serve_channel(session, _QuartConnection(websocket))
+        return None
+
+    # One view for both rules (Quart requires that of a shared endpoint).
+    app.add_url_rule(
+        _CHANNELS_PATH,
+        "channels_upgrade",
+        channels_upgrade,  # type: ignore[arg-type]
+        methods=["GET"],
+    )
+    app.add_websocket(_CHANNELS_PATH, "channels_upgrade", channels_upgrade)
