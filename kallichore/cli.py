@@ -33,7 +33,11 @@ import trio
 
 from kallichore import API_VERSION, __version__
 from kallichore.config import (
+    DEFAULT_CLIENT_BUFFER_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_BUFFER_BYTES,
     MAX_TOKEN_CHARS,
+    MIN_BUFFER_BYTES,
     ConfigError,
     ServerConfig,
     generate_token,
@@ -58,6 +62,18 @@ def _u16(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if not 0 <= value <= U16_MAX:
         raise argparse.ArgumentTypeError(f"{text} is not in 0..={U16_MAX}")
+    return value
+
+
+def _byte_size(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of bytes") from None
+    if not MIN_BUFFER_BYTES <= value <= MAX_BUFFER_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not between {MIN_BUFFER_BYTES} and {MAX_BUFFER_BYTES} bytes"
+        )
     return value
 
 
@@ -127,6 +143,22 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "when --connection-file or --unix-socket is given",
     )
     parser.add_argument(
+        "--max-message-size",
+        type=_byte_size,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="BYTES",
+        help="largest WebSocket message a client may send "
+        f"(default {DEFAULT_MAX_MESSAGE_BYTES}; at least {MIN_BUFFER_BYTES})",
+    )
+    parser.add_argument(
+        "--client-buffer-size",
+        type=_byte_size,
+        default=DEFAULT_CLIENT_BUFFER_BYTES,
+        metavar="BYTES",
+        help="per-session bound on output buffered for an absent or slow client; the "
+        f"oldest output is dropped beyond it (default {DEFAULT_CLIENT_BUFFER_BYTES})",
+    )
+    parser.add_argument(
         "--api-version",
         default=API_VERSION,
         help=f"Kallichore version to report in /status (default {API_VERSION})",
@@ -185,6 +217,8 @@ def _config_from_args(args: argparse.Namespace, log_level: str | None) -> tuple[
         resource_sample_interval_ms=args.resource_sample_interval,
         api_version=args.api_version,
         server_path=os.path.abspath(sys.argv[0]),
+        max_message_bytes=args.max_message_size,
+        client_buffer_bytes=args.client_buffer_size,
     )
     return config, generated
 

@@ -25,10 +25,14 @@ import attrs
 from kallichore import API_VERSION
 
 __all__ = [
+    "DEFAULT_CLIENT_BUFFER_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "IDLE_ZERO_PERIOD",
     "LOG_LEVELS",
+    "MAX_BUFFER_BYTES",
     "MAX_IDLE_SHUTDOWN_HOURS",
     "MAX_SAMPLE_INTERVAL_MS",
+    "MIN_BUFFER_BYTES",
     "MIN_SAMPLE_INTERVAL_MS",
     "UNIX_SOCKET_PATH_LIMIT",
     "ConfigError",
@@ -52,6 +56,13 @@ MIN_SAMPLE_INTERVAL_MS = 100  # milliseconds
 MAX_SAMPLE_INTERVAL_MS = 24 * 3600 * 1000  # milliseconds (one day)
 #: Longest Unix socket path we bind; the portable limit (macOS) Kallichore uses.
 UNIX_SOCKET_PATH_LIMIT = 104  # bytes
+#: Default largest WebSocket message a client may send (Kallichore: 64 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes
+#: Default bound on the frames buffered per session for its client.
+DEFAULT_CLIENT_BUFFER_BYTES = 64 * 1024 * 1024  # bytes
+#: Smallest and largest values accepted for either of the two limits above.
+MIN_BUFFER_BYTES = 64 * 1024  # bytes
+MAX_BUFFER_BYTES = 16 * 1024 * 1024 * 1024  # bytes
 #: Length of a generated bearer token.
 TOKEN_HEX_CHARS = 16  # hex characters (8 random bytes)
 #: Longest token a token file may hold (Kallichore's limit).
@@ -217,6 +228,10 @@ class ServerConfig:
         resource_sample_interval_ms: initial resource sampling interval.
         api_version: the Kallichore API level reported by ``GET /status``.
         server_path: the launcher path written to the connection file.
+        max_message_bytes: largest WebSocket message a client may send.
+        client_buffer_bytes: bound on the frames buffered per session while
+            its client is away or slow; the oldest output is dropped beyond
+            it (and the client told how many).
     """
 
     transport: Transport = Transport.TCP
@@ -232,3 +247,5 @@ class ServerConfig:
     resource_sample_interval_ms: int = 1000
     api_version: str = API_VERSION
     server_path: str = attrs.field(factory=lambda: os.path.abspath(sys.argv[0]))
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    client_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES

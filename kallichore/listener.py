@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 #: Pending-connection queue length for the main socket.
 LISTEN_BACKLOG = 128  # connections
+#: Idle seconds before keepalive probes start, and between probes.
+DEAD_PEER_IDLE = 10  # seconds
+#: Unacknowledged data older than this aborts a connection.
+DEAD_PEER_TIMEOUT = 40.0  # seconds
 #: Host the TCP transport binds; never anything but loopback.
 TCP_HOST = "127.0.0.1"
 
@@ -96,9 +100,33 @@ def bind_listener(config: ServerConfig) -> BoundListener:
     raise ConfigError(f"Transport {config.transport.value} is not supported on this platform")
 
 
+def _detect_dead_peers(sock: socket.socket) -> None:
+    """Make the kernel notice a vanished peer (lid closed, cable pulled).
+
+    Set on the listener, inherited by every accepted connection (Linux):
+    keepalive probes an idle connection after DEAD_PEER_IDLE seconds, and
+    TCP_USER_TIMEOUT aborts one whose sent data (say, a WebSocket ping) goes
+    unacknowledged for DEAD_PEER_TIMEOUT. Either way the connection errors,
+    the client counts as disconnected, and its session is left running.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = [
+        ("TCP_KEEPIDLE", DEAD_PEER_IDLE),
+        ("TCP_KEEPINTVL", DEAD_PEER_IDLE),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", int(DEAD_PEER_TIMEOUT * 1000)),
+    ]
+    for name, value in options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 def _bind_tcp(port: int) -> BoundListener:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        _detect_dead_peers(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((TCP_HOST, port))
         sock.listen(LISTEN_BACKLOG)

@@ -103,7 +103,10 @@ class Server:
     channels: ChannelSockets = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.channels = ChannelSockets(channel_socket_dir(self.config))
+        self.channels = ChannelSockets(
+            channel_socket_dir(self.config), max_message_bytes=self.config.max_message_bytes
+        )
+        self.registry.client_buffer_bytes = self.config.client_buffer_bytes
         self.idle_shutdown_hours = self.config.idle_shutdown_hours
         self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(
@@ -172,6 +175,7 @@ async def serve(
                         create_app(server),
                         listener,
                         shutdown_trigger=server.shutdown_requested.wait,
+                        max_message_bytes=config.max_message_bytes,
                     )
                 )
                 _announce(config, listener, server)

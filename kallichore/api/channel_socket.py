@@ -167,9 +167,12 @@ class WsprotoChannelConnection:
     pongs whose payload is an 8-byte counter.
     """
 
-    def __init__(self, stream: trio.abc.Stream, ws: Connection) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, ws: Connection, *, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         self._stream = stream
         self._ws = ws
+        self._max_message_bytes = max_message_bytes
         self._send_lock = trio.StrictFIFOLock()
         self._inbox: deque[str | bytes] = deque()
         self._parts: list[str | bytes] = []
@@ -224,7 +227,7 @@ class WsprotoChannelConnection:
             if isinstance(event, TextMessage | BytesMessage):
                 self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
                 self._size += len(event.data)
-                if self._size > MAX_MESSAGE_BYTES:
+                if self._size > self._max_message_bytes:
                     with contextlib.suppress(ChannelClosedError):
                         await self._send(CloseConnection(code=1009, reason="message too big"))
                     self._eof = True
@@ -299,6 +302,8 @@ class ChannelSockets:
 
     socket_dir: str
     pid: int = attrs.field(factory=os.getpid)
+    #: Largest message a client may send before the connection is closed (1009).
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     # Live listeners by session id.
     _listeners: dict[str, _SessionListener] = attrs.field(factory=dict, init=False)
     # Where accept loops and connections run; set by run().
@@ -402,7 +407,7 @@ class ChannelSockets:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 return
-            conn = WsprotoChannelConnection(stream, ws)
+            conn = WsprotoChannelConnection(stream, ws, max_message_bytes=self.max_message_bytes)
             logger.info("%r: client connected on %s", session, listener.path)
             try:
                 await serve_channel(session, conn, socket_path=listener.path)

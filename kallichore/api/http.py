@@ -119,10 +119,10 @@ def install_h11_adjustments() -> None:
     TCPServer._close = close_shielded  # type: ignore[method-assign]
 
 
-def hypercorn_config() -> HypercornConfig:
+def hypercorn_config(max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE) -> HypercornConfig:
     """Hypercorn settings for kallichore."""
     config = HypercornConfig()
-    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_SIZE
+    config.websocket_max_message_size = max_message_bytes
     config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT
     config.include_server_header = False
@@ -136,6 +136,7 @@ async def serve_http(
     listener: BoundListener,
     *,
     shutdown_trigger: Any,
+    max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the already-bound ``listener`` until ``shutdown_trigger`` returns.
@@ -146,7 +147,7 @@ async def serve_http(
     instead drains in-flight requests for up to ``HTTP_GRACEFUL_TIMEOUT``.
     """
     install_h11_adjustments()
-    config = hypercorn_config()
+    config = hypercorn_config(max_message_bytes)
     sockets = Sockets(secure_sockets=[], insecure_sockets=[listener.sock], quic_sockets=[])
     await worker_serve(
         wrap_app(app, config.wsgi_max_body_size, "asgi"),

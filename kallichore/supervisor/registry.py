@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
+from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
 from kallichore.supervisor.ports import PortReservations
 from kallichore.supervisor.session import KernelSession, SessionSpec
 
@@ -53,6 +54,8 @@ class SessionRegistry:
 
     #: Called on activity that should postpone idle shutdown.
     on_activity: Callable[[], None] = lambda: None
+    #: Bound on each session's buffer of frames for its client.
+    client_buffer_bytes: int = DEFAULT_OUTBOX_LIMIT
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
     # The nursery sessions run in; set by run().
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -84,7 +87,12 @@ class SessionRegistry:
             raise RuntimeError("the registry is not running")
         assert self._files_dir is not None
         session = KernelSession(
-            spec, self._nursery, self.ports, self._activity, files_dir=self._files_dir
+            spec,
+            self._nursery,
+            self.ports,
+            self._activity,
+            files_dir=self._files_dir,
+            outbox=Outbox(self.client_buffer_bytes),
         )
         self._sessions[spec.session_id] = session
         logger.info("Created session %s (%s)", spec.session_id, spec.display_name)

@@ -74,9 +74,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class ChannelServer:
     """A ``python -m kallichore serve`` process on one transport."""
 
-    def __init__(self, transport: str, marker: str) -> None:
+    def __init__(self, transport: str, marker: str, extra: tuple[str, ...] = ()) -> None:
         self.transport = transport
         self.marker = marker
+        self.extra = extra
         # Short: socket paths must stay under 104 bytes.
         self.dir = tempfile.mkdtemp(prefix="kcch-", dir="/tmp")
         self.connection_file = os.path.join(self.dir, "server.json")
@@ -93,6 +94,7 @@ class ChannelServer:
         argv += ["--connection-file", self.connection_file, "--token", token_file]
         if self.transport == "socket":
             argv += ["--socket-dir", self.dir]
+        argv += self.extra
         env = dict(os.environ)
         env[MARKER_VAR] = self.marker
         env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -777,3 +779,59 @@ async def test_unknown_session_is_400_and_does_not_kick_the_client(
     assert "still\n" in stdout_of(await run(client, "print('still')"))
     assert (await trio.to_thread.run_sync(server.session, session_id))["connected"] is True
     await client.leave()
+
+
+# Small enough that a few thousand lines overflow it.
+SMALL_BUFFER = 64 * 1024  # bytes
+
+
+@pytest.fixture(scope="module")
+def small_buffer_server(marker: str) -> Iterator[ChannelServer]:
+    srv = ChannelServer("tcp", marker, ("--client-buffer-size", str(SMALL_BUFFER))).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.time_limit(60)
+async def test_overflow_while_away_is_reported_and_status_is_never_dropped(
+    small_buffer_server: ChannelServer, nursery: trio.Nursery
+) -> None:
+    """Output past the bound is shed oldest-first; the client is told how much.
+
+    Status messages and replies are never shed, so the returning client
+    still sees the execution finish; what output it does get is the newest,
+    in order, each line once.
+    """
+    server = small_buffer_server
+    sid = f"ovf-{uuid.uuid4().hex[:8]}"
+    status, body = await call(server, "PUT", "/sessions", session_body(sid))
+    assert status == 200, body
+    status, body = await call(server, "POST", f"/sessions/{sid}/start")
+    assert status == 200, body
+    try:
+        client = await connect(server, sid, nursery)
+        request = execute("for i in range(5000):\n    print(f'{i:05d}' + 'x' * 60, flush=True)")
+        await client.send(request)
+        await client.leave()  # gone before the output is produced
+        for _ in range(600):  # bounded poll: 30 s for the kernel to finish
+            details = await trio.to_thread.run_sync(server.session, sid)
+            if details["status"] == "idle" and not details["execution_queue"].get("active"):
+                break
+            await trio.sleep(0.05)
+        back = await connect(server, sid, nursery)
+        frames = await back.until(is_idle_for(msg_id(request)), 30)
+        dropped = [f["outputDropped"] for f in frames if "outputDropped" in f]
+        assert len(dropped) == 1
+        assert dropped[0] > 0
+        assert frames.index(next(f for f in frames if "outputDropped" in f)) == 0
+        lines = stdout_of(frames, msg_id(request)).split()
+        numbers = [int(line[:5]) for line in lines]
+        assert numbers == sorted(set(numbers)), "in order, each at most once"
+        assert numbers[-1] == 4999, "the newest output survives"
+        assert len(of_type(frames, "execute_reply")) == 1
+        await back.leave()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(20):
+            await call(server, "POST", f"/sessions/{sid}/kill")
