@@ -314,13 +314,19 @@ def _print_banner(address: object, config: ServerConfig, token_generated: bool) 
 def module_main(argv: Sequence[str] | None = None) -> NoReturn:
     """``python -m kallichore <command>``: ``serve`` runs the server."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "client":
+        # Imported here: the server never needs the client's HTTP stack.
+        from kallichore.client.cli import main as client_main
+
+        sys.exit(client_main(args[1:], prog="python -m kallichore client"))
     if args and args[0] == "serve":
         main(args[1:], prog="python -m kallichore serve")
     if args and args[0] in ("-V", "--version"):
         print(f"kallichore {__version__} (Kallichore API {API_VERSION})")
         sys.exit(0)
     print("usage: python -m kallichore serve [kcserver flags]", file=sys.stderr)
-    print("       python -m kallichore serve --help   for the flags", file=sys.stderr)
+    print("       python -m kallichore client <command> [options]", file=sys.stderr)
+    print("       python -m kallichore serve --help | client --help", file=sys.stderr)
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
