@@ -703,10 +703,13 @@ async def test_unparsable_frames_are_dropped_and_the_connection_stays(
 
 # ------------------------------------------------------- Unix socket specifics
 
+# Transport-specific tests pick one value of the module's ``server`` fixture.
+SOCKET_ONLY = pytest.mark.parametrize("server", ["socket"], indirect=True)
+TCP_ONLY = pytest.mark.parametrize("server", ["tcp"], indirect=True)
 
+
+@SOCKET_ONLY
 async def test_raw_socket_without_http_upgrade(server: ChannelServer, session_id: str) -> None:
-    if server.transport != "socket":
-        pytest.skip("Unix-socket transport only")
     path = await channel_path(server, session_id)
     assert await channel_path(server, session_id) == path, "same session, same socket"
     assert len(os.fsencode(path)) <= 104
@@ -719,11 +722,10 @@ async def test_raw_socket_without_http_upgrade(server: ChannelServer, session_id
     await client.aclose()
 
 
+@SOCKET_ONLY
 async def test_slow_http_upgrade_on_the_channel_socket(
     server: ChannelServer, session_id: str
 ) -> None:
-    if server.transport != "socket":
-        pytest.skip("Unix-socket transport only")
     path = await channel_path(server, session_id)
     client = await RawClient.open(path, upgrade=True, pause=0.5)
     assert "slow\n" in stdout_of(await run(client, "print('slow')"))
@@ -731,9 +733,8 @@ async def test_slow_http_upgrade_on_the_channel_socket(
     await client.aclose()
 
 
+@SOCKET_ONLY
 async def test_channel_socket_is_removed_on_kill(server: ChannelServer, session_id: str) -> None:
-    if server.transport != "socket":
-        pytest.skip("Unix-socket transport only")
     path = await channel_path(server, session_id)
     assert await trio.Path(path).exists()
     status, _ = await call(server, "POST", f"/sessions/{session_id}/kill")
@@ -744,11 +745,10 @@ async def test_channel_socket_is_removed_on_kill(server: ChannelServer, session_
 # ---------------------------------------------------------------- TCP specifics
 
 
+@TCP_ONLY
 async def test_unknown_session_is_400_and_does_not_kick_the_client(
     server: ChannelServer, session_id: str, nursery: trio.Nursery
 ) -> None:
-    if server.transport != "tcp":
-        pytest.skip("TCP transport only")
     client = await connect(server, session_id, nursery)
     await run(client, "pass")
     upgrade = {
