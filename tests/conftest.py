@@ -47,3 +47,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             seconds = DEFAULT_TIME_LIMIT
         item.obj = _with_time_limit(item.obj, seconds)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kallichore.pytest_plugin arrives through its pytest11 entry point when
+    # kallichore is installed (make test); from a bare checkout, load it here.
+    # Never both: pytest refuses to register a plugin twice.
+    if not config.pluginmanager.has_plugin("kallichore"):
+        config.pluginmanager.import_plugin("kallichore.pytest_plugin")
