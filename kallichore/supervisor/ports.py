@@ -1,25 +1,81 @@
 """Picking the five ports of a classic (pre-JEP 66) kernel connection file.
 
-The OS chooses each port (bind to ``127.0.0.1:0``, read it, close), and the
-server remembers what it handed out until the session lets go, so two
-kernels starting at the same moment never get the same port (Kallichore
-f030826). A port the OS offers again while still reserved is skipped.
+A port handed to a kernel must stay free until the kernel binds it, which
+can be a second or more later. Two things can take it meanwhile:
+
+* another kernel starting at the same moment -- so the server remembers
+  what it handed out until the session lets go, and never hands a port out
+  twice (Kallichore f030826);
+* an *outgoing* connection: the OS gives every outgoing TCP connection a
+  local port from its ephemeral range (Linux: 32768-60999). Asking the OS
+  for "any free port" (bind to port 0) also returns a port from that range,
+  so with many connections being made -- our own ZeroMQ sockets connect to
+  every kernel -- a port we reserved can become some connection's local
+  port before the kernel binds it, and the kernel fails with "Address
+  already in use". Kallichore has this race. We pick ports *outside* the
+  ephemeral range, where the OS never assigns them on its own, and check
+  each one is free by binding it.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 
 import attrs
 
-__all__ = ["PortPickError", "PortReservations"]
+__all__ = ["PortPickError", "PortReservations", "ephemeral_port_range"]
 
-#: How many times the OS may offer an already-reserved port before we give up.
-MAX_COLLISIONS = 50  # attempts
+#: Lowest port we hand to a kernel (well clear of registered service ports).
+LOWEST_PORT = 10_000  # port number
+#: How many candidates to try before falling back to an OS-assigned port.
+MAX_ATTEMPTS = 200  # attempts
+#: Where Linux keeps the ephemeral range, and its usual value.
+_EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+_DEFAULT_EPHEMERAL_RANGE = (32768, 60999)
 
 
 class PortPickError(Exception):
     """No free port could be found."""
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The OS's range for automatically assigned local ports (inclusive)."""
+    try:
+        with open(_EPHEMERAL_RANGE_FILE) as f:
+            low, high = (int(part) for part in f.read().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL_RANGE
+    return low, high
+
+
+def _candidates(rng: random.Random) -> list[int]:
+    low, high = ephemeral_port_range()
+    ranges = [(LOWEST_PORT, low - 1), (high + 1, 65535)]
+    ranges = [(a, b) for a, b in ranges if a <= b]
+    if not ranges:
+        return []
+    weights = [b - a + 1 for a, b in ranges]
+    picked = []
+    for _ in range(MAX_ATTEMPTS):
+        a, b = rng.choices(ranges, weights)[0]
+        picked.append(rng.randint(a, b))
+    return picked
+
+
+def _is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _os_assigned(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 @attrs.define(eq=False)
@@ -27,34 +83,39 @@ class PortReservations:
     """Ports handed to kernels that have not been released yet."""
 
     _reserved: set[int] = attrs.field(factory=set)
+    _rng: random.Random = attrs.field(factory=random.SystemRandom)
 
     def __len__(self) -> int:
         return len(self._reserved)
 
     def reserve(self, count: int, host: str = "127.0.0.1") -> list[int]:
-        """Reserve ``count`` distinct free ports.
+        """Reserve ``count`` distinct free ports outside the ephemeral range.
+
+        Falls back to OS-assigned ports only if no candidate outside the range
+        is free (a machine whose ephemeral range covers nearly every port).
 
         Raises:
-            PortPickError: the OS could not provide enough fresh ports.
+            PortPickError: not enough free ports could be found.
         """
         picked: list[int] = []
-        collisions = 0
-        while len(picked) < count:
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                    sock.bind((host, 0))
-                    port = int(sock.getsockname()[1])
-            except OSError as exc:
-                self.release(picked)
-                raise PortPickError(f"could not bind a free port: {exc.strerror or exc}") from None
-            if port in self._reserved:
-                collisions += 1
-                if collisions > MAX_COLLISIONS:
-                    self.release(picked)
-                    raise PortPickError("too many collisions with reserved ports")
+        for port in _candidates(self._rng):
+            if len(picked) == count:
+                break
+            if port in self._reserved or port in picked or not _is_free(host, port):
                 continue
-            self._reserved.add(port)
             picked.append(port)
+        for _ in range(MAX_ATTEMPTS):
+            if len(picked) == count:
+                break
+            try:
+                port = _os_assigned(host)
+            except OSError as exc:
+                raise PortPickError(f"could not bind a free port: {exc.strerror or exc}") from None
+            if port not in self._reserved and port not in picked:
+                picked.append(port)
+        if len(picked) < count:
+            raise PortPickError(f"found only {len(picked)} of {count} free ports")
+        self._reserved.update(picked)
         return picked
 
     def release(self, ports: list[int] | tuple[int, ...]) -> None:
