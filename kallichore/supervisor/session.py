@@ -74,6 +74,7 @@ from kallichore.transport.zmq import (
     heartbeat_once,
     open_kernel_sockets,
     open_registration_socket,
+    wait_stdin_connected,
 )
 from kallichore.wire.codec import Deserializer, ReplayWindow, Signer, serialize
 from kallichore.wire.connection_file import (
@@ -730,11 +731,13 @@ class KernelSession:
             nursery.start_soon(self._read_replies, inc, channel)
         while True:
             reply = await self._request(inc, "shell", "kernel_info_request", {})
+            if not inc.iopub_seen.is_set():
+                with trio.move_on_after(IOPUB_CONFIRM_INTERVAL):
+                    await inc.iopub_seen.wait()
             if inc.iopub_seen.is_set():
-                return dict(reply.content_json())
-            with trio.move_on_after(IOPUB_CONFIRM_INTERVAL):
-                await inc.iopub_seen.wait()
-            if inc.iopub_seen.is_set():
+                # The kernel can reach us on every channel: shell and iopub
+                # are proven, stdin is proven by its handshake.
+                await wait_stdin_connected(inc.sockets)
                 return dict(reply.content_json())
 
     async def _request(

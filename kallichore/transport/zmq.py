@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import attrs
 import trio
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from kallichore.transport.base import FrameSocket
 
@@ -74,6 +75,7 @@ __all__ = [
     "heartbeat_once",
     "open_kernel_sockets",
     "open_registration_socket",
+    "wait_stdin_connected",
 ]
 
 logger = logging.getLogger(__name__)
@@ -384,6 +386,9 @@ class KernelSockets:
     iopub: TrioZmqSocket
     #: REQ, relaxed and correlated (see :func:`heartbeat_once`).
     hb: TrioZmqSocket
+    #: Handshake events of ``stdin`` (see :func:`wait_stdin_connected`);
+    #: ``None`` once the wait is over.
+    stdin_monitor: TrioZmqSocket | None = None
 
     def __iter__(self) -> Iterator[TrioZmqSocket]:
         return iter((self.shell, self.control, self.stdin, self.iopub, self.hb))
@@ -392,6 +397,8 @@ class KernelSockets:
         """Close all five sockets (idempotent)."""
         for sock in self:
             sock.close()
+        if self.stdin_monitor is not None:
+            self.stdin_monitor.close()
 
 
 def _connected_socket(
@@ -399,18 +406,25 @@ def _connected_socket(
     socket_type: int,
     endpoint: str,
     options: Sequence[tuple[int, int | bytes]],
-) -> zmq.Socket[bytes]:
-    """Create a socket, set ``options`` (before connecting), connect it."""
+    *,
+    monitor_events: int = 0,
+) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes] | None]:
+    """Create a socket, set ``options`` and a monitor (before connecting), connect it."""
     sock = context.socket(socket_type)
+    monitor = None
     try:
         sock.setsockopt(zmq.LINGER, 0)
         for option, value in options:
             sock.setsockopt(option, value)
+        if monitor_events:
+            monitor = sock.get_monitor_socket(monitor_events)
         sock.connect(endpoint)
     except BaseException:
+        if monitor is not None:
+            monitor.close(linger=0)
         sock.close(linger=0)
         raise
-    return sock
+    return sock, monitor
 
 
 @contextlib.asynccontextmanager
@@ -464,17 +478,54 @@ async def open_kernel_sockets(
         ("hb", zmq.REQ, [(zmq.REQ_RELAXED, 1), (zmq.REQ_CORRELATE, 1)]),
     ]
     made: dict[str, TrioZmqSocket] = {}
+    stdin_monitor: TrioZmqSocket | None = None
     try:
         with _map_exceptions():
             for name, socket_type, options in plan:
-                raw = _connected_socket(ctx, socket_type, endpoints[name], options)
+                raw, raw_monitor = _connected_socket(
+                    ctx,
+                    socket_type,
+                    endpoints[name],
+                    options,
+                    monitor_events=zmq.EVENT_HANDSHAKE_SUCCEEDED if name == "stdin" else 0,
+                )
                 made[name] = TrioZmqSocket(raw)
-        sockets = KernelSockets(**made)
+                if raw_monitor is not None:
+                    stdin_monitor = TrioZmqSocket(raw_monitor)
+        sockets = KernelSockets(**made, stdin_monitor=stdin_monitor)
         logger.debug("connected kernel sockets %r (identity %r)", dict(endpoints), identity)
         yield sockets
     finally:
         for sock in made.values():
             sock.close()
+        if stdin_monitor is not None:
+            stdin_monitor.close()
+
+
+async def wait_stdin_connected(sockets: KernelSockets) -> None:
+    """Wait until the ``stdin`` DEALER has completed its handshake with the kernel.
+
+    The kernel *starts* conversations on stdin (``input_request``), through a
+    ROUTER that silently drops a message for a peer that has not connected
+    yet -- and ZeroMQ connects in the background, retrying every 100-200 ms.
+    A start that returned before this handshake could lose the first
+    ``input()`` of a session. Shell and control need no such proof: there the
+    kernel only replies, and our requests wait in the DEALER's queue.
+
+    The monitor is closed once the handshake is seen.
+
+    **Cancellation:** bound it with the caller's scope (the connection timeout).
+    """
+    monitor = sockets.stdin_monitor
+    if monitor is None:
+        await trio.lowlevel.checkpoint()
+        return
+    while True:
+        event = parse_monitor_message(await monitor.receive_multipart())
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            break
+    sockets.stdin_monitor = None
+    monitor.close()
 
 
 async def heartbeat_once(sock: FrameSocket, payload: bytes = HEARTBEAT_PAYLOAD) -> None:

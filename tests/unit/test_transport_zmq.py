@@ -29,6 +29,7 @@ from kallichore.transport.zmq import (
     heartbeat_once,
     open_kernel_sockets,
     open_registration_socket,
+    wait_stdin_connected,
 )
 
 LOCALHOST = "tcp://127.0.0.1"
@@ -512,3 +513,48 @@ async def test_registration_socket(
     # Closed immediately after replying, yet the reply is delivered.
     assert registration.closed
     assert await kernel.receive_multipart() == [b"handshake_reply"]
+
+
+async def test_wait_stdin_connected_proves_the_kernel_can_reach_us_on_stdin() -> None:
+    """A ROUTER drops messages for peers not yet connected; start must wait.
+
+    The kernel's stdin ROUTER binds late (as a slow kernel does). Until our
+    DEALER's handshake completes, an ``input_request`` sent to our identity
+    would be lost; once ``wait_stdin_connected`` returns it must arrive.
+    """
+    ctx = zmq.Context.instance()
+    ports = {}
+    kernel = {}
+    for name, kind in (
+        ("shell", zmq.ROUTER),
+        ("control", zmq.ROUTER),
+        ("iopub", zmq.PUB),
+        ("hb", zmq.ROUTER),
+    ):
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        ports[name] = sock.bind_to_random_port("tcp://127.0.0.1")
+        kernel[name] = sock
+    probe = ctx.socket(zmq.ROUTER)
+    stdin_port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)  # the port the kernel will bind later
+    ports["stdin"] = stdin_port
+    endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
+    try:
+        async with open_kernel_sockets(endpoints, identity=b"session-x") as sockets:
+            with trio.move_on_after(0.3) as early:
+                await wait_stdin_connected(sockets)
+            assert early.cancelled_caught, "nothing to connect to yet"
+            stdin = ctx.socket(zmq.ROUTER)
+            stdin.setsockopt(zmq.LINGER, 0)
+            stdin.bind(endpoints["stdin"])
+            kernel["stdin"] = stdin
+            with trio.fail_after(5):
+                await wait_stdin_connected(sockets)
+            assert sockets.stdin_monitor is None
+            stdin.send_multipart([b"session-x", b"input_request"])
+            with trio.fail_after(5):
+                assert await sockets.stdin.receive_multipart() == [b"input_request"]
+    finally:
+        for sock in kernel.values():
+            sock.close(linger=0)
