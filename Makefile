@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: serve test lint clean
+.PHONY: serve test lint clean bench
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -36,3 +36,19 @@ lint: $(VENV)/.stamp-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# `make bench`: its own virtualenv (kallichore plus the peers it is compared
+# with: jupyter_client, Jupyter Kernel Gateway, ipykernel), then bench/run.py.
+# ARGS="--quick" for a short smoke run; see docs/benchmarks.md.
+BENCH_VENV := bench/.venv
+
+$(BENCH_VENV)/.stamp: pyproject.toml bench/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "the benchmark needs Python 3.11 or newer (found $(PYTHON))"; exit 1; }
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r bench/requirements.txt
+	@touch $@
+
+bench: $(BENCH_VENV)/.stamp
+	$(BENCH_VENV)/bin/python bench/run.py $(ARGS)
