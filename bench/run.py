@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import systems as S  # noqa: E402
-import workloads as W  # noqa: E402
-from report import write_all  # noqa: E402
+import systems as S
+import workloads as W
+from report import write_all
 
 FULL = {
     "rtt_rounds": 5, "rtt_per_round": 100,

@@ -29,7 +29,6 @@ from typing import Any
 
 import orjson
 import psutil
-
 from wsclient import WebSocket
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
