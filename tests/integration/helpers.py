@@ -89,7 +89,10 @@ class HttpResult:
         return json.loads(self.body)
 
     def __repr__(self) -> str:
-        return f"<HttpResult {self.status} {self.body[:500]!r} in {self.elapsed:.2f}s>"
+        # Error bodies carry a kernel's captured output: show enough of it to
+        # diagnose a failure from CI's log alone.
+        limit = 500 if self.status < 400 else 8000
+        return f"<HttpResult {self.status} {self.body[:limit]!r} in {self.elapsed:.2f}s>"
 
 
 def session_body(session_id: str, **overrides: Any) -> dict[str, Any]:
