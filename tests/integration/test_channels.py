@@ -835,3 +835,29 @@ async def test_overflow_while_away_is_reported_and_status_is_never_dropped(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(20):
             await call(server, "POST", f"/sessions/{sid}/kill")
+
+
+async def test_resource_usage_is_sampled_while_a_client_is_attached(
+    server: ChannelServer, session_id: str, nursery: trio.Nursery
+) -> None:
+    """The default 1 s sampling reports the kernel's tree to the attached client."""
+    details = await trio.to_thread.run_sync(server.session, session_id)
+    assert "resource_usage" not in details, "nobody attached yet: nothing sampled"
+    client = await connect(server, session_id, nursery)
+    frames = await client.until(lambda f: "resourceUsage" in f, 10)
+    usage = frames[-1]["resourceUsage"]
+    assert set(usage) == {
+        "cpu_percent",
+        "memory_bytes",
+        "thread_count",
+        "sampling_period_ms",
+        "timestamp",
+    }
+    assert usage["memory_bytes"] > 10_000_000, "an ipykernel's RSS"
+    assert usage["thread_count"] >= 1
+    assert usage["sampling_period_ms"] == 1000
+    assert usage["timestamp"] > 1_700_000_000_000
+    assert 0 <= usage["cpu_percent"] < 150, "an idle kernel"
+    details = await trio.to_thread.run_sync(server.session, session_id)
+    assert details["resource_usage"]["memory_bytes"] > 0
+    await client.leave()
