@@ -59,7 +59,9 @@ class ClientHeartbeat:
 class ServerStatus:
     """``serverStatus``: the unauthenticated server summary.
 
-    ``server_id`` is our addition (a fresh id per server start).
+    ``server_id`` is our addition (a fresh id per server start); it is
+    optional so that the client library can read Kallichore's own servers,
+    which do not send it. Ours always does.
     """
 
     sessions: int
@@ -71,7 +73,7 @@ class ServerStatus:
     version: str
     process_id: int
     started: str
-    server_id: str
+    server_id: str | None = None
 
 
 class VarActionType(enum.Enum):

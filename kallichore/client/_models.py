@@ -1,8 +1,8 @@
 """Typed views of the server's responses and of channel traffic.
 
-Request bodies reuse :mod:`kallichore.api.models` (``NewSession``,
-``RestartSession``, ``ConnectionInfo``, ``ServerConfiguration``,
-``ClientHeartbeat``); the response schemas the server module does not model
+Request bodies and ``ServerStatus`` reuse :mod:`kallichore.api.models`
+(``NewSession``, ``RestartSession``, ``ConnectionInfo``,
+``ServerConfiguration``, ``ClientHeartbeat``); the response schemas the server module does not model
 are defined here, named after ``kallichore.json``. Optional fields the server
 may omit default to ``None``, so a response from upstream Kallichore (which
 has no ``server_id``) structures too.
@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from kallichore.api.models import InterruptMode, SessionMode
+from kallichore.api.models import InterruptMode, ServerStatus, SessionMode
 from kallichore.session.state import SessionStatus
 
 __all__ = [
@@ -36,22 +36,6 @@ __all__ = [
 OUTPUT_TYPES = frozenset(
     {"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"}
 )
-
-
-@attrs.frozen
-class ServerStatus:
-    """``serverStatus``; ``server_id`` is present only on this server."""
-
-    sessions: int
-    active: int
-    busy: bool
-    idle_seconds: int
-    busy_seconds: int
-    uptime_seconds: int
-    version: str
-    process_id: int
-    started: str
-    server_id: str | None = None
 
 
 @attrs.frozen
