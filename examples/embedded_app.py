@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import sys
-import uuid
 from functools import partial
 from typing import Any
 
@@ -36,6 +35,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kallichore
+from kallichore.api.envelope import client_message, execute_content
 from kallichore.embed import SessionChannel, Supervisor
 
 #: Seconds between status lines.
@@ -72,24 +72,9 @@ async def print_status(address: kallichore.ServerAddress) -> None:
 
 async def execute(channel: SessionChannel, code: str) -> str:
     """Run ``code`` in the kernel; return what it printed to stdout."""
-    msg_id = uuid.uuid4().hex
-    await channel.send(
-        {
-            "header": {"msg_id": msg_id, "msg_type": "execute_request"},
-            "parent_header": None,
-            "channel": "shell",
-            "content": {
-                "code": code,
-                "silent": False,
-                "store_history": True,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
-            "metadata": {},
-            "buffers": [],
-        }
-    )
+    request = client_message("execute_request", execute_content(code))
+    msg_id = request["header"]["msg_id"]
+    await channel.send(request)
     output: list[str] = []
     async for frame in channel:
         if frame["kind"] != "jupyter" or (frame["parent_header"] or {}).get("msg_id") != msg_id:

@@ -29,13 +29,19 @@ Pure: no trio, no I/O.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from kallichore.errors import RemoteProtocolError
 
-__all__ = ["parse_client_frame"]
+__all__ = ["client_message", "execute_content", "parse_client_frame"]
+
+#: Jupyter protocol version written into client headers.
+PROTOCOL_VERSION = "5.3"
 
 
 def parse_client_frame(data: str | bytes) -> dict[str, Any]:
@@ -111,6 +117,62 @@ def parse_client_frame(data: str | bytes) -> dict[str, Any]:
         "content": value["content"],
         "metadata": metadata,
         "buffers": buffers,
+    }
+
+
+def client_message(
+    msg_type: str,
+    content: dict[str, Any],
+    *,
+    channel: str = "shell",
+    parent: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    buffers: Sequence[bytes] = (),
+    session: str = "",
+    username: str = "",
+    msg_id: str | None = None,
+) -> dict[str, Any]:
+    """A client frame, the inverse of :func:`parse_client_frame`.
+
+    The shape a client sends over the channel (and the in-process
+    :class:`~kallichore.embed.SessionChannel` accepts): a Jupyter message
+    with ``channel`` and base64 ``buffers``. The server re-signs it with
+    the session key, so the header's identity fields are informational.
+    """
+    return {
+        "header": {
+            "msg_id": msg_id or uuid.uuid4().hex,
+            "msg_type": msg_type,
+            "session": session,
+            "username": username,
+            "date": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "version": PROTOCOL_VERSION,
+        },
+        "parent_header": parent or {},
+        "channel": channel,
+        "content": content,
+        "metadata": metadata or {},
+        "buffers": [base64.b64encode(b).decode("ascii") for b in buffers],
+    }
+
+
+def execute_content(
+    code: str,
+    *,
+    silent: bool = False,
+    store_history: bool = True,
+    user_expressions: dict[str, Any] | None = None,
+    allow_stdin: bool = False,
+    stop_on_error: bool = True,
+) -> dict[str, Any]:
+    """The content of an ``execute_request`` (Jupyter's defaults)."""
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": store_history,
+        "user_expressions": user_expressions or {},
+        "allow_stdin": allow_stdin,
+        "stop_on_error": stop_on_error,
     }
 
 

@@ -45,9 +45,7 @@ awaiting call once the action completes; one from a comm handler is logged.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import inspect
 import json
 import logging
@@ -61,6 +59,7 @@ import attrs
 import trio
 import trio_websocket
 
+from kallichore.api.envelope import client_message, execute_content
 from kallichore.client._errors import (
     ChannelClosedError,
     ExecutionDroppedError,
@@ -80,8 +79,6 @@ __all__ = ["Channel", "Comm", "open_channel"]
 
 logger = logging.getLogger(__name__)
 
-#: Jupyter protocol version we put in headers.
-PROTOCOL_VERSION = "5.3"
 #: The server accepts messages up to 64 MiB; leave room for the envelope.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024 + 64 * 1024  # bytes
 #: Bound on one connection attempt (connect + WebSocket handshake).
@@ -269,14 +266,14 @@ class Channel:
             Cancelling stops waiting; the kernel still runs the code.
         """
         on_input = on_input or self._default_on_input
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": user_expressions or {},
-            "allow_stdin": (on_input is not None) if allow_stdin is None else allow_stdin,
-            "stop_on_error": stop_on_error,
-        }
+        content = execute_content(
+            code,
+            silent=silent,
+            store_history=store_history,
+            user_expressions=user_expressions,
+            allow_stdin=(on_input is not None) if allow_stdin is None else allow_stdin,
+            stop_on_error=stop_on_error,
+        )
         msg = self._make("execute_request", content)
         action = _Action(
             msg["header"]["msg_id"], wait_idle=True, on_output=on_output, on_input=on_input
@@ -729,21 +726,16 @@ class Channel:
         metadata: dict[str, Any] | None = None,
         buffers: list[bytes] | None = None,
     ) -> dict[str, Any]:
-        return {
-            "header": {
-                "msg_id": uuid.uuid4().hex,
-                "msg_type": msg_type,
-                "session": self._jupyter_session,
-                "username": self._username,
-                "date": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
-                "version": PROTOCOL_VERSION,
-            },
-            "parent_header": parent or {},
-            "channel": channel,
-            "content": content,
-            "metadata": metadata or {},
-            "buffers": [base64.b64encode(b).decode("ascii") for b in buffers or []],
-        }
+        return client_message(
+            msg_type,
+            content,
+            channel=channel,
+            parent=parent,
+            metadata=metadata,
+            buffers=buffers or (),
+            session=self._jupyter_session,
+            username=self._username,
+        )
 
 
 def _rejected(exc: trio_websocket.ConnectionRejected) -> KallichoreClientError:

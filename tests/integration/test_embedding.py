@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 import trio
 
 import kallichore
+from kallichore.api.envelope import client_message, execute_content
 from kallichore.config import ServerConfig, Transport
 from kallichore.embed import Session, SessionChannel, Supervisor, open_supervisor
 from kallichore.errors import SessionNotFoundError, SessionStateError
@@ -52,21 +52,7 @@ ArgvFactory = Callable[..., list[str]]
 
 def execute_request(code: str, *, msg_id: str | None = None) -> dict[str, Any]:
     """A client frame carrying an ``execute_request``."""
-    return {
-        "header": {"msg_id": msg_id or uuid.uuid4().hex, "msg_type": "execute_request"},
-        "parent_header": None,
-        "channel": "shell",
-        "content": {
-            "code": code,
-            "silent": False,
-            "store_history": True,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        },
-        "metadata": {},
-        "buffers": [],
-    }
+    return client_message("execute_request", execute_content(code), msg_id=msg_id)
 
 
 async def run_code(channel: SessionChannel, code: str) -> tuple[str, Frame]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kallichore.api.envelope import parse_client_frame
+from kallichore.api.envelope import client_message, execute_content, parse_client_frame
 from kallichore.errors import RemoteProtocolError
 
 
@@ -104,3 +104,21 @@ def test_missing_content_is_refused() -> None:
     del body["content"]
     with pytest.raises(RemoteProtocolError, match="no 'content'"):
         parse_client_frame(json.dumps(body))
+
+
+def test_client_message_round_trips_through_the_parser() -> None:
+    msg = client_message(
+        "comm_msg",
+        {"comm_id": "c1", "data": {}},
+        channel="shell",
+        parent={"msg_id": "p1", "msg_type": "execute_request"},
+        buffers=[b"\x00\x01\xff"],
+        msg_id="m1",
+    )
+    parsed = parse_client_frame(json.dumps(msg))
+    assert parsed["header"]["msg_id"] == "m1"
+    assert parsed["header"]["msg_type"] == "comm_msg"
+    assert parsed["buffers"] == ["AAH/"]
+    assert parsed["parent_header"]["msg_id"] == "p1"
+    assert execute_content("1")["allow_stdin"] is False
+    assert execute_content("1", allow_stdin=True)["allow_stdin"] is True

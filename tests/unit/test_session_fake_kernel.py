@@ -30,6 +30,7 @@ import pytest
 import trio
 
 import kallichore
+from kallichore.api.envelope import client_message, execute_content
 from kallichore.errors import SessionStateError, StartupError
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.registry import SessionRegistry
@@ -203,21 +204,7 @@ def is_output(text: str) -> Callable[[Frame], bool]:
 
 
 def execute_request(code: str) -> dict[str, Any]:
-    return {
-        "header": {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request"},
-        "parent_header": None,
-        "channel": "shell",
-        "content": {
-            "code": code,
-            "silent": False,
-            "store_history": True,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        },
-        "metadata": {},
-        "buffers": [],
-    }
+    return client_message("execute_request", execute_content(code))
 
 
 def msg_id(message: dict[str, Any]) -> str:
