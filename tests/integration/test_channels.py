@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from wsproto.events import (
 )
 
 from tests.integration.helpers import MARKER_VAR, REPO_ROOT, kill_tree, session_body
+from tests.integration.server_process import UnixHTTPConnection
 
 pytestmark = pytest.mark.integration
 
@@ -57,18 +57,6 @@ SERVER_READY_TIMEOUT = 20.0  # seconds
 
 
 # --------------------------------------------------------------------- server
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 class ChannelServer:

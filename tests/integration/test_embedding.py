@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from kallichore.errors import SessionNotFoundError, SessionStateError
 from kallichore.server import Server, ServerAddress, serve
 from kallichore.session.state import SessionStatus
 from tests.integration.helpers import REPO_ROOT
+from tests.integration.server_process import UnixHTTPConnection
 
 pytestmark = [
     pytest.mark.integration,
@@ -88,18 +88,6 @@ def pids_alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return alive
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 def http_get(address: ServerAddress, path: str) -> tuple[int, Any]:
