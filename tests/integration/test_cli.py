@@ -253,8 +253,20 @@ def test_help_exits_0() -> None:
         (["--port", "70000"], "--port"),
         (["--idle-shutdown-hours", "-1"], "--idle-shutdown-hours"),
         (["--resource-sample-interval", "x"], "--resource-sample-interval"),
+        (["--max-message-size", "abc"], "--max-message-size"),
+        (["--max-message-size", "10"], "--max-message-size"),
+        (["--client-buffer-size", "-5"], "--client-buffer-size"),
     ],
-    ids=["unknown-flag", "port-abc", "port-70000", "idle-hours-negative", "interval-x"],
+    ids=[
+        "unknown-flag",
+        "port-abc",
+        "port-70000",
+        "idle-hours-negative",
+        "interval-x",
+        "message-size-abc",
+        "message-size-tiny",
+        "buffer-negative",
+    ],
 )
 def test_usage_errors_exit_2(args: list[str], mentions: str, tmp_path: Path) -> None:
     conn = tmp_path / "connection.json"
