@@ -105,6 +105,8 @@ HEARTBEAT_INTERVAL = 2.0  # seconds
 IOPUB_CONFIRM_INTERVAL = 0.25  # seconds
 #: Bound on a kill's wait for the process to be gone.
 KILL_WAIT = 5.0  # seconds
+#: Most iopub messages taken from ZeroMQ per scheduler trip.
+IOPUB_BATCH = 64  # messages
 #: Resource tree is re-read every this many samples (children come and go).
 TREE_REFRESH_TICKS = 5  # samples
 
@@ -305,12 +307,19 @@ class KernelSession:
         """Queue a ``kind: kernel`` event for the client."""
         self._put(orjson.dumps({"kind": "kernel", **event}), droppable=False)
 
-    def _put(self, frame: bytes, *, droppable: bool) -> None:
+    def _put(self, frame: bytes, *, droppable: bool, wake: bool = True) -> None:
         self.outbox.put(frame, droppable=droppable)
+        if wake:
+            self._wake_client()
+
+    def _wake_client(self) -> None:
+        """Tell whoever waits on :attr:`outbox_changed` that the outbox changed."""
         self.outbox_changed.set()
         self.outbox_changed = trio.Event()
 
-    def _forward(self, channel: str, msg: WireMessage, *, droppable: bool = False) -> None:
+    def _forward(
+        self, channel: str, msg: WireMessage, *, droppable: bool = False, wake: bool = True
+    ) -> None:
         # Content and metadata are spliced into the envelope without being
         # re-encoded, so they must be valid UTF-8 JSON, or one bad message
         # would poison every frame after it.
@@ -343,7 +352,7 @@ class KernelSession:
                 "buffers": [base64.b64encode(b).decode("ascii") for b in msg.buffers],
             }
         )
-        self._put(frame, droppable=droppable)
+        self._put(frame, droppable=droppable, wake=wake)
 
     def _clear_queue(self, why: str) -> None:
         dropped = self.execution_queue.clear()
@@ -781,29 +790,49 @@ class KernelSession:
 
     async def _read_iopub(self, inc: _Incarnation) -> None:
         assert inc.sockets is not None
+        iopub = inc.sockets.iopub
         deserializer = Deserializer(self._signer, ReplayWindow())
         while True:
-            frames = await inc.sockets.iopub.receive_multipart()
-            try:
-                msg = deserializer.receive_frames(frames)
-            except RemoteProtocolError as exc:
-                logger.warning("%r: dropped an iopub message: %s", self, exc)
-                continue
-            inc.iopub_seen.set()
-            msg_type = msg.msg_type
-            if msg_type == "iopub_welcome":
-                continue
-            if msg_type == "status":
-                if msg.parent_msg_id in inc.internal:
+            # A batch per wake-up: under a flood this is one scheduler trip
+            # and one client wake-up per IOPUB_BATCH messages, not per message.
+            for frames in await iopub.receive_batch(IOPUB_BATCH):
+                try:
+                    msg = deserializer.receive_frames(frames)
+                except RemoteProtocolError as exc:
+                    logger.warning("%r: dropped an iopub message: %s", self, exc)
                     continue
-                self._on_kernel_status(msg)
-                self._forward("iopub", msg)
-                if self.execution_queue.active is not None or len(self.execution_queue):
-                    state = _execution_state(msg)
-                    if state == "idle":
+                inc.iopub_seen.set()
+                msg_type = msg.msg_type
+                if msg_type == "status":
+                    if msg.parent_msg_id in inc.internal:
+                        continue
+                    idle = _execution_state(msg) == "idle"
+                    if idle:
+                        await self._let_reply_through(inc)
+                    self._on_kernel_status(msg)
+                    self._forward("iopub", msg, wake=False)
+                    queued = self.execution_queue.active is not None or len(self.execution_queue)
+                    if queued and idle:
+                        self._wake_client()
                         await self._release_next_execution(inc)
-                continue
-            self._forward("iopub", msg, droppable=msg_type in _DROPPABLE_IOPUB)
+                elif msg_type != "iopub_welcome":
+                    self._forward("iopub", msg, droppable=msg_type in _DROPPABLE_IOPUB, wake=False)
+            self._wake_client()
+
+    async def _let_reply_through(self, inc: _Incarnation) -> None:
+        """Let the shell reader forward a reply that came before an idle status.
+
+        The kernel sends a request's reply before its idle status, and
+        clients read "idle" as the end. The reply is on another socket, with
+        another reader task: one that is asleep is woken if a message waits
+        (``readable_now``), and one that has just taken a message needs one
+        scheduler pass to forward it. Two passes cover both; a status per
+        request makes this cheap even under a flood.
+        """
+        assert inc.sockets is not None
+        inc.sockets.shell.readable_now()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _on_kernel_status(self, msg: WireMessage) -> None:
         state = _execution_state(msg)

@@ -127,6 +127,87 @@ async def test_receive_always_checkpoints(make_socket: SocketFactory) -> None:
         await push.send_multipart([b"x"])
 
 
+# -- batches -------------------------------------------------------------------
+
+
+async def test_receive_batch_takes_what_is_queued_up_to_the_limit(
+    make_socket: SocketFactory,
+) -> None:
+    push, pull = connected_pair(make_socket, zmq.PULL, zmq.PUSH)[::-1]
+    for i in range(10):
+        await push.send_multipart([b"m", str(i).encode()])
+    assert pull.raw.poll(5000) == zmq.POLLIN
+    await trio.sleep(0.05)  # all ten queued
+    with trio.testing.assert_checkpoints():
+        first = await pull.receive_batch(4)
+    assert first == [[b"m", str(i).encode()] for i in range(4)]
+    rest = await pull.receive_batch(100)
+    assert rest == [[b"m", str(i).encode()] for i in range(4, 10)]
+
+
+async def test_receive_batch_waits_for_the_first_message(
+    make_socket: SocketFactory, nursery: trio.Nursery
+) -> None:
+    push, pull = connected_pair(make_socket, zmq.PULL, zmq.PUSH)[::-1]
+    got: list[list[list[bytes]]] = []
+    done = trio.Event()
+
+    async def receive() -> None:
+        got.append(await pull.receive_batch(8))
+        done.set()
+
+    nursery.start_soon(receive)
+    await trio.sleep(0.05)
+    assert not got
+    await push.send_multipart([b"late"])
+    with trio.fail_after(5):
+        await done.wait()
+    assert got == [[[b"late"]]]
+
+
+async def test_receive_batch_is_exclusive_and_cancellable(make_socket: SocketFactory) -> None:
+    push, pull = connected_pair(make_socket, zmq.PULL, zmq.PUSH)[::-1]
+    with pytest.raises(ValueError, match="max_messages"):
+        await pull.receive_batch(0)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await pull.receive_batch(8)
+    await push.send_multipart([b"kept"])
+    assert await pull.receive_batch(8) == [[b"kept"]]
+
+
+async def test_readable_now_wakes_the_waiting_receiver(
+    make_socket: SocketFactory, nursery: trio.Nursery
+) -> None:
+    """Another task can ask "is a message waiting?" without stealing the wake-up."""
+    router, dealer = connected_pair(make_socket, zmq.ROUTER, zmq.DEALER)
+    assert not dealer.readable_now()
+    got: list[list[bytes]] = []
+    done = trio.Event()
+
+    async def receive() -> None:
+        got.append(await dealer.receive_multipart())
+        done.set()
+
+    nursery.start_soon(receive)
+    await dealer.send_multipart([b"hello"])
+    identity, _ = await router.receive_multipart()
+    await trio.sleep(0.05)  # the receiver is asleep on the FD
+    # From here until the wait below nothing checkpoints, so the receiver
+    # cannot run before our EVENTS checks clear the FD's edge; only the
+    # wake-up inside readable_now can get it going again.
+    router.raw.send_multipart([identity, b"reply"])
+    deadline = time.monotonic() + 5
+    while not dealer.readable_now():
+        assert time.monotonic() < deadline, "the reply never arrived"
+        time.sleep(0.01)  # noqa: ASYNC251 - blocking on purpose, see above
+    with trio.fail_after(2):
+        await done.wait()
+    assert got == [[b"reply"]]
+    dealer.close()
+    assert not dealer.readable_now()
+
+
 # -- edge-triggering and lost wake-ups -----------------------------------------
 
 
