@@ -38,7 +38,7 @@ import trio
 
 from kallichore.announce import connection_details, send_handshake, write_connection_file
 from kallichore.api.channel_socket import ChannelSockets, channel_socket_dir
-from kallichore.config import ServerConfig, idle_shutdown_period
+from kallichore.config import ServerConfig, Transport, idle_shutdown_period
 from kallichore.idle import IdleWatcher
 from kallichore.listener import BoundListener, bind_listener
 from kallichore.resources import ResourceSampler
@@ -159,6 +159,7 @@ async def serve(
     # users of kallichore.server (tests of the idle logic) don't need it.
     from kallichore.api.app import create_app
     from kallichore.api.http import serve_http
+    from kallichore.api.tcp_channels import TcpChannelUpgrades
 
     listener = bind_listener(config)
     try:
@@ -176,6 +177,11 @@ async def serve(
                         listener,
                         shutdown_trigger=server.shutdown_requested.wait,
                         max_message_bytes=config.max_message_bytes,
+                        take_connection=(
+                            TcpChannelUpgrades(server)
+                            if config.transport is Transport.TCP
+                            else None
+                        ),
                     )
                 )
                 _announce(config, listener, server)

@@ -26,36 +26,31 @@ and the client opens its WebSocket there.
   detecting (past the request head, or the peeked bytes) are kept and fed
   to the WebSocket.
 
-The WebSocket itself is a :class:`wsproto.connection.Connection` driven by
-:class:`WsprotoChannelConnection` and served by
+The WebSocket itself is a
+:class:`~kallichore.api.stream_websocket.WsprotoChannelConnection` (shared
+with TCP channel upgrades) served by
 :func:`~kallichore.api.websocket.serve_channel`.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import logging
 import os
 import re
-from collections import deque
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    Pong,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError
+from wsproto.connection import Connection, ConnectionType
 
-from kallichore.api.websocket import ChannelClosedError, serve_channel
+from kallichore.api.stream_websocket import (
+    MAX_MESSAGE_BYTES,
+    RECEIVE_SIZE,
+    WsprotoChannelConnection,
+    upgrade_response,
+)
+from kallichore.api.websocket import serve_channel
 from kallichore.config import ConfigError, ServerConfig, default_socket_path
 from kallichore.errors import BadRequestError, ErrorCode
 from kallichore.listener import BoundListener, bind_unix, check_socket_path
@@ -67,7 +62,6 @@ __all__ = [
     "HEAD_TIMEOUT",
     "PEEK_TIMEOUT",
     "ChannelSockets",
-    "WsprotoChannelConnection",
     "channel_socket_dir",
     "open_server_websocket",
 ]
@@ -80,14 +74,6 @@ PEEK_TIMEOUT = 5.0  # seconds
 HEAD_TIMEOUT = 10.0  # seconds
 #: Largest HTTP request head accepted on a channel socket.
 MAX_HEAD_BYTES = 64 * 1024  # bytes
-#: Read size on channel sockets.
-RECEIVE_SIZE = 64 * 1024  # bytes
-#: Bound on the closing handshake with a client.
-CLOSE_TIMEOUT = 2.0  # seconds
-#: Largest message a client may send (same as on TCP).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes
-
-_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
 
@@ -101,10 +87,6 @@ def channel_socket_dir(config: ServerConfig) -> str:
 
 
 # ----------------------------------------------------------------- handshake
-
-
-def _accept_key(key: bytes) -> bytes:
-    return base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
 
 
 def _websocket_key(head: bytes) -> bytes | None:
@@ -145,129 +127,10 @@ async def open_server_websocket(stream: trio.abc.Stream) -> Connection | None:
         if key is None:
             logger.info("Channel socket: upgrade request without Sec-WebSocket-Key; closing")
             return None
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            b"Upgrade: websocket\r\n"
-            b"Connection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + _accept_key(key) + b"\r\n\r\n"
-        )
+        await stream.send_all(upgrade_response(key))
         return Connection(ConnectionType.SERVER, trailing_data=bytes(buffer[end.end() :]))
     logger.info("Channel socket: no complete request head within %g s; closing", HEAD_TIMEOUT)
     return None
-
-
-# ---------------------------------------------------------------- connection
-
-
-class WsprotoChannelConnection:
-    """A server-side WebSocket on a byte stream, for :func:`serve_channel`.
-
-    Writes are serialised by a lock (trio-websocket's ``_send``); reading
-    happens only in :meth:`receive`, which also answers pings and counts
-    pongs whose payload is an 8-byte counter.
-    """
-
-    def __init__(
-        self, stream: trio.abc.Stream, ws: Connection, *, max_message_bytes: int = MAX_MESSAGE_BYTES
-    ) -> None:
-        self._stream = stream
-        self._ws = ws
-        self._max_message_bytes = max_message_bytes
-        self._send_lock = trio.StrictFIFOLock()
-        self._inbox: deque[str | bytes] = deque()
-        self._parts: list[str | bytes] = []
-        self._size = 0
-        self._pongs = 0
-        self._eof = False
-
-    @property
-    def pongs_received(self) -> int | None:
-        return self._pongs
-
-    async def _send(self, event: Event) -> None:
-        async with self._send_lock:
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError as exc:
-                raise ChannelClosedError(str(exc)) from None
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ChannelClosedError(str(exc) or type(exc).__name__) from None
-
-    async def send_text(self, text: str) -> None:
-        await self._send(TextMessage(data=text))
-
-    async def send_ping(self, payload: bytes) -> None:
-        await self._send(Ping(payload=payload))
-
-    async def receive(self) -> str | bytes | None:
-        while True:
-            if self._inbox:
-                return self._inbox.popleft()
-            # Keep reading while our own Close awaits its answer (LOCAL_CLOSING).
-            if self._eof or self._ws.state in (
-                ConnectionState.REMOTE_CLOSING,
-                ConnectionState.CLOSED,
-            ):
-                return None
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                self._eof = True
-                self._ws.receive_data(None)
-            else:
-                self._ws.receive_data(bytes(data))
-            await self._handle_events()
-
-    async def _handle_events(self) -> None:
-        for event in self._ws.events():
-            if isinstance(event, TextMessage | BytesMessage):
-                self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
-                self._size += len(event.data)
-                if self._size > self._max_message_bytes:
-                    with contextlib.suppress(ChannelClosedError):
-                        await self._send(CloseConnection(code=1009, reason="message too big"))
-                    self._eof = True
-                    return
-                if event.message_finished:
-                    if isinstance(event, TextMessage):
-                        self._inbox.append("".join(p for p in self._parts if isinstance(p, str)))
-                    else:
-                        self._inbox.append(b"")  # binary frames are ignored
-                    self._parts.clear()
-                    self._size = 0
-            elif isinstance(event, Ping):
-                with contextlib.suppress(ChannelClosedError):
-                    await self._send(event.response())
-            elif isinstance(event, Pong):
-                if len(event.payload) == 8:
-                    self._pongs = max(self._pongs, int.from_bytes(event.payload, "big"))
-            elif isinstance(event, CloseConnection):
-                # Answered in aclose(), after delivery has stopped.
-                return
-
-    async def aclose(self) -> None:
-        """Closing handshake (bounded), then close the stream.
-
-        **Cancellation:** runs shielded; bounded by :data:`CLOSE_TIMEOUT`.
-        """
-        with (
-            trio.CancelScope(shield=True),
-            trio.move_on_after(CLOSE_TIMEOUT),
-            contextlib.suppress(ChannelClosedError),
-        ):
-            if self._ws.state is ConnectionState.OPEN:
-                await self._send(CloseConnection(code=1000))
-                # Wait for the client's Close (or EOF); ignore late messages.
-                while await self.receive() is not None:
-                    pass
-            elif self._ws.state is ConnectionState.REMOTE_CLOSING:
-                await self._send(CloseConnection(code=1000))
-        with trio.CancelScope(shield=True):
-            await self._stream.aclose()
 
 
 # ------------------------------------------------------------------ listeners

@@ -1,4 +1,8 @@
-"""Serving the app with Hypercorn's trio worker on a socket we bound ourselves.
+"""Serving the app with Hypercorn on a socket we bound ourselves.
+
+:func:`serve_http` is Hypercorn's trio worker loop cut down to one plain
+listener, plus a hook that lets channel WebSocket upgrades on TCP be served
+outside the ASGI stack (:mod:`kallichore.api.tcp_channels`).
 
 Two adjustments to Hypercorn's HTTP/1.1 output, both needed by real clients
 of Kallichore and both correct HTTP:
@@ -28,23 +32,28 @@ from __future__ import annotations
 
 import http
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
 from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.trio.run import worker_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.utils import wrap_app
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from kallichore.listener import BoundListener
 
 __all__ = [
     "HTTP_GRACEFUL_TIMEOUT",
     "WEBSOCKET_MAX_MESSAGE_SIZE",
+    "ConnectionTaker",
     "hypercorn_config",
     "install_h11_adjustments",
     "serve_http",
@@ -131,28 +140,92 @@ def hypercorn_config(max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE) -> Hyp
     return config
 
 
+#: Decides, before hypercorn sees a new connection, whether to serve it
+#: elsewhere: returns ``None`` once it has served (and closed) the stream, or
+#: the stream for hypercorn (with any bytes it read put back).
+ConnectionTaker = Callable[[trio.SocketStream], Awaitable["trio.abc.Stream | None"]]
+
+
 async def serve_http(
     app: Any,
     listener: BoundListener,
     *,
-    shutdown_trigger: Any,
+    shutdown_trigger: Callable[[], Awaitable[object]],
     max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE,
+    take_connection: ConnectionTaker | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the already-bound ``listener`` until ``shutdown_trigger`` returns.
 
-    Reports Hypercorn's bind descriptions through ``task_status`` once serving.
+    This is hypercorn's trio ``worker_serve`` cut down to what we use (one
+    plain listener, no TLS, no QUIC), with one addition: every accepted
+    connection is first offered to ``take_connection``, which is how
+    channel WebSockets on TCP bypass the ASGI stack
+    (:mod:`kallichore.api.tcp_channels`). Connections it takes run in the
+    same nursery and are cancelled when shutdown starts; hypercorn's get
+    ``HTTP_GRACEFUL_TIMEOUT`` to finish.
 
-    **Cancellation:** cancelling stops serving at once; a triggered shutdown
-    instead drains in-flight requests for up to ``HTTP_GRACEFUL_TIMEOUT``.
+    Reports the bind descriptions through ``task_status`` once serving.
+
+    **Cancellation:** cancelling stops serving at once.
     """
     install_h11_adjustments()
     config = hypercorn_config(max_message_bytes)
-    sockets = Sockets(secure_sockets=[], insecure_sockets=[listener.sock], quic_sockets=[])
-    await worker_serve(
-        wrap_app(app, config.wsgi_max_body_size, "asgi"),
-        config,
-        sockets=sockets,
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-    )
+    config.set_statsd_logger_class(StatsdLogger)
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)
+    context = WorkerContext(None)
+    # Scopes of the connections being looked at or served by take_connection;
+    # all cancelled when shutdown starts.
+    taken: set[trio.CancelScope] = set()
+    stopping = False
+
+    async def handle(stream: trio.SocketStream) -> None:
+        http_stream: trio.abc.Stream | None = stream
+        if take_connection is not None:
+            http_stream = None
+            with trio.CancelScope() as scope:
+                if stopping:
+                    scope.cancel()
+                taken.add(scope)
+                try:
+                    http_stream = await take_connection(stream)
+                finally:
+                    taken.discard(scope)
+            if http_stream is None:
+                return
+        state = ConnectionState(lifespan_state.copy())
+        await TCPServer(asgi, config, context, state, http_stream)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener.sock))
+            bind = repr_socket_addr(listener.sock.family, listener.sock.getsockname())
+            task_status.started([f"http://{bind}"])
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            handle,
+                            [trio_listener],
+                            handler_nursery=server_nursery,
+                        )
+                    )
+            except BaseExceptionGroup as error:
+                _, others = error.split(ShutdownError)
+                if others is not None:
+                    raise others from None
+            finally:
+                stopping = True
+                for scope in taken:
+                    scope.cancel()
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -1,10 +1,11 @@
 """The channel bridge: one client connection <-> one kernel session.
 
 A client (Positron) talks Jupyter to a session over one WebSocket, reached
-either by upgrading ``GET /sessions/{id}/channels`` on the TCP server or
-through a per-session Unix socket (:mod:`kallichore.api.channel_socket`).
-Both transports run the same bridge, :func:`serve_channel`, against a small
-:class:`ChannelConnection` interface.
+either by upgrading ``GET /sessions/{id}/channels`` on the TCP server
+(:mod:`kallichore.api.tcp_channels`, or this module's app route for an
+upgrade on a kept-alive connection) or through a per-session Unix socket
+(:mod:`kallichore.api.channel_socket`). All of them run the same bridge,
+:func:`serve_channel`, against a small :class:`ChannelConnection` interface.
 
 Task tree of one connection (quart-trio's ``asgi.py`` pattern: one nursery,
 the first task to finish ends the others)::
@@ -12,11 +13,12 @@ the first task to finish ends the others)::
     serve_channel                 attach_client ... detach_client
     ├── _Bridge.deliver           outbox -> client text frames
     ├── _Bridge.receive           client text frames -> kernel
-    └── _Bridge.keepalive         pings (Unix socket only; hypercorn pings on TCP)
+    └── _Bridge.keepalive         pings (not on the app route: hypercorn pings there)
 
 Delivery
-    ``session.next_frames`` hands out batches of encoded frames; each is
-    sent as a text message. Frames taken but not written (the connection
+    ``session.next_frames`` hands out batches of encoded frames; the
+    connection writes as many as fit in one buffer per call
+    (``send_frames``), each as a text message. Frames taken but not written (the connection
     failed, or the client asked to close) go back with ``session.requeue``,
     so the next client gets them, in order. Waiting for frames happens
     *outside* ``next_frames`` (on ``session.outbox_changed``), and
@@ -37,24 +39,24 @@ Closing
     says goodbye and then reads until the server's Close receives every
     frame that was written, and everything else stays queued for the next
     client. A connection that just vanishes can lose the frames that were
-    in flight in socket buffers (as in Kallichore); on TCP hypercorn also
-    silently discards frames written after it has processed the client's
-    Close frame, which is why the empty text frame is the lossless way to
-    hand a session over.
+    in flight in socket buffers (as in Kallichore); on the app route
+    hypercorn also silently discards frames written after it has processed
+    the client's Close frame, which is why the empty text frame is the
+    lossless way to hand a session over.
 
 Keep-alive
-    On the Unix socket the bridge sends a ping immediately and every
-    :data:`PING_INTERVAL` (payload: an 8-byte big-endian counter) and drops
-    a client with more than :data:`MAX_UNANSWERED_PINGS` unanswered pings.
-    On TCP, hypercorn sends the pings (``websocket_ping_interval``) and a
-    dead peer is noticed through TCP errors; there is no missing-pong rule
-    there.
+    The bridge sends a ping immediately and every :data:`PING_INTERVAL`
+    (payload: an 8-byte big-endian counter) and drops a client with more
+    than :data:`MAX_UNANSWERED_PINGS` unanswered pings. On the app route
+    hypercorn sends the pings (``websocket_ping_interval``) and a dead peer
+    is noticed through TCP errors; there is no missing-pong rule there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -93,7 +95,7 @@ DRAIN_TIMEOUT = 5.0  # seconds
 #: What a client that was taken over receives before the Close frame.
 TAKEOVER_NOTICE = orjson.dumps(
     {"kind": "kernel", "clientDisconnected": "Another client is connecting to this session."}
-).decode()
+)
 
 _CHANNELS_PATH = "/sessions/<session_id>/channels"
 
@@ -110,8 +112,20 @@ class ChannelConnection(Protocol):
     @property
     def pongs_received(self) -> int | None: ...
 
-    async def send_text(self, text: str) -> None:
-        """Send one text message. Raises :class:`ChannelClosedError`."""
+    async def send_frames(self, frames: Sequence[bytes]) -> int:
+        """Send the first of ``frames`` (at least one) as text messages.
+
+        Returns how many were committed: written, or certain to be written
+        before anything else. Raises :class:`ChannelClosedError` having
+        committed none of them; if cancelled, none was committed either.
+        """
+
+    async def flush(self) -> None:
+        """Finish writing what :meth:`send_frames` committed.
+
+        Raises :class:`ChannelClosedError`; safe to cancel (the rest is
+        written before anything else).
+        """
 
     async def send_ping(self, payload: bytes) -> None:
         """Send a ping. Raises :class:`ChannelClosedError`."""
@@ -193,15 +207,13 @@ class _Bridge:
             if not frames:
                 logger.info("%r: client taken over by a newer one", session)
                 with contextlib.suppress(ChannelClosedError):
-                    await self.conn.send_text(TAKEOVER_NOTICE)
+                    await self.conn.send_frames([TAKEOVER_NOTICE])
                 return
             sent = 0
             try:
-                for frame in frames:
-                    if self.closing:
-                        break
-                    await self.conn.send_text(frame.decode("utf-8", errors="replace"))
-                    sent += 1
+                while sent < len(frames) and not self.closing:
+                    sent += await self.conn.send_frames(frames[sent:])
+                await self.conn.flush()
             except ChannelClosedError as exc:
                 logger.info("%r: client connection failed: %s", session, exc)
                 session.requeue(frames[sent:])
@@ -280,8 +292,14 @@ class _QuartConnection:
     def pongs_received(self) -> int | None:
         return None
 
-    async def send_text(self, text: str) -> None:
-        await self._ws.send(text)
+    async def send_frames(self, frames: Sequence[bytes]) -> int:
+        # One ASGI event per message: this route is the fallback for an
+        # upgrade that came on a kept-alive HTTP connection.
+        await self._ws.send(frames[0].decode("utf-8", errors="replace"))
+        return 1
+
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def send_ping(self, payload: bytes) -> None:  # pragma: no cover - not used
         raise NotImplementedError

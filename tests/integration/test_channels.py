@@ -187,9 +187,10 @@ async def call(
     return await trio.to_thread.run_sync(server.request, method, path, body)
 
 
-@pytest.fixture
-async def session_id(server: ChannelServer) -> AsyncIterator[str]:
-    sid = f"ch-{uuid.uuid4().hex[:10]}"
+@contextlib.asynccontextmanager
+async def running_session(server: ChannelServer, prefix: str = "ch") -> AsyncIterator[str]:
+    """A started ipykernel session, killed and deleted afterwards."""
+    sid = f"{prefix}-{uuid.uuid4().hex[:10]}"
     status, body = await call(server, "PUT", "/sessions", session_body(sid))
     assert status == 200, body
     status, body = await call(server, "POST", f"/sessions/{sid}/start")
@@ -200,6 +201,12 @@ async def session_id(server: ChannelServer) -> AsyncIterator[str]:
         with trio.CancelScope(shield=True), trio.move_on_after(20):
             await call(server, "POST", f"/sessions/{sid}/kill")
             await call(server, "DELETE", f"/sessions/{sid}")
+
+
+@pytest.fixture
+async def session_id(server: ChannelServer) -> AsyncIterator[str]:
+    async with running_session(server) as sid:
+        yield sid
 
 
 # --------------------------------------------------------------------- client
@@ -329,6 +336,11 @@ class RawClient(Client):
         await stream.send_all(request[:4])
         await trio.sleep(pause)
         await stream.send_all(request[4:])
+        return await cls.accepted(stream, ws)
+
+    @classmethod
+    async def accepted(cls, stream: trio.SocketStream, ws: WSConnection) -> RawClient:
+        """The client once the server accepted the upgrade ``ws`` has sent."""
         client = cls(stream, ws)
         with trio.fail_after(FRAME_TIMEOUT):
             while True:
@@ -818,7 +830,9 @@ async def test_overflow_while_away_is_reported_and_status_is_never_dropped(
         numbers = [int(line[:5]) for line in lines]
         assert numbers == sorted(set(numbers)), "in order, each at most once"
         assert numbers[-1] == 4999, "the newest output survives"
-        assert len(of_type(frames, "execute_reply")) == 1
+        # ipykernel 7 sends the reply from its shell thread and the idle from
+        # its iopub thread, so the reply may come after the idle.
+        await reply_to(back, frames, request)
         await back.leave()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(20):
@@ -849,3 +863,91 @@ async def test_resource_usage_is_sampled_while_a_client_is_attached(
     details = await trio.to_thread.run_sync(server.session, session_id)
     assert details["resource_usage"]["memory_bytes"] > 0
     await client.leave()
+
+
+# ----------------------------------------------------- TCP: served beside hypercorn
+
+
+@pytest.fixture(scope="module")
+def tcp_server(marker: str) -> Iterator[ChannelServer]:
+    srv = ChannelServer("tcp", marker).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+async def open_raw_tcp(server: ChannelServer, sid: str, *, prelude: bytes = b"") -> RawClient:
+    """wsproto by hand over TCP; ``prelude`` is sent first on the same connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    _OPEN_STREAMS.append(stream)
+    if prelude:
+        await stream.send_all(prelude)
+        head = b""
+        with trio.fail_after(FRAME_TIMEOUT):
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some()
+                assert chunk, "closed after the first request"
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    ws = WSConnection(ConnectionType.CLIENT)
+    request = Request(
+        host="localhost",
+        target=f"/sessions/{sid}/channels",
+        extra_headers=[(b"Authorization", f"Bearer {TOKEN}".encode())],
+    )
+    await stream.send_all(ws.send(request))
+    return await RawClient.accepted(stream, ws)
+
+
+async def test_tcp_channel_pings_carry_a_counter(tcp_server: ChannelServer) -> None:
+    """Like Kallichore (and our Unix sockets): a ping at once, payload an 8-byte counter."""
+    sid = f"ping-{uuid.uuid4().hex[:8]}"
+    status, body = await call(tcp_server, "PUT", "/sessions", session_body(sid))
+    assert status == 200, body
+    try:
+        client = await open_raw_tcp(tcp_server, sid)
+        with trio.fail_after(FRAME_TIMEOUT):
+            while not client.pings:
+                data = await client.stream.receive_some()
+                assert data
+                client.conn.receive_data(data)
+                for reply in client._absorb(list(client.conn.events())):
+                    await client.stream.send_all(reply)
+        assert client.pings[0] == (1).to_bytes(8, "big")
+        details = await trio.to_thread.run_sync(tcp_server.session, sid)
+        assert details["connected"] is True
+        await client.aclose()
+    finally:
+        await call(tcp_server, "DELETE", f"/sessions/{sid}")
+
+
+async def test_tcp_upgrade_after_a_request_on_the_same_connection(
+    tcp_server: ChannelServer,
+) -> None:
+    """An upgrade on a kept-alive connection is served too (by the app's route)."""
+    async with running_session(tcp_server, "keep") as sid:
+        prelude = b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        client = await open_raw_tcp(tcp_server, sid, prelude=prelude)
+        request = execute("print('kept alive')")
+        await client.send(request)
+        frames = await client.until(is_idle_for(msg_id(request)))
+        assert "kept alive\n" in stdout_of(frames)
+        await client.leave()
+
+
+async def test_shutdown_closes_tcp_channels(marker: str) -> None:
+    """A server asked to stop closes its channel WebSockets and exits 0."""
+    srv = ChannelServer("tcp", marker).start()
+    try:
+        sid = f"bye-{uuid.uuid4().hex[:8]}"
+        status, body = await call(srv, "PUT", "/sessions", session_body(sid))
+        assert status == 200, body
+        client = await open_raw_tcp(srv, sid)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        await client.drain()  # ends at the server's Close frame
+        assert client.closed
+        assert await trio.to_thread.run_sync(lambda: srv.proc.wait(20)) == 0  # type: ignore[union-attr]
+    finally:
+        srv.stop()

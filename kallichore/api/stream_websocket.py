@@ -1,0 +1,261 @@
+"""A server-side WebSocket on a plain trio stream, for the channel bridge.
+
+Channel WebSockets do not go through the ASGI stack: the per-session Unix
+sockets (:mod:`kallichore.api.channel_socket`) and TCP channel upgrades
+(:mod:`kallichore.api.tcp_channels`) both hand the stream to
+:class:`WsprotoChannelConnection`, which satisfies
+:class:`~kallichore.api.websocket.ChannelConnection`.
+
+Why not hypercorn's WebSocket: it turns every message into an ASGI event, a
+wsproto encode and its own ``send()`` system call. Under a flood of kernel
+output that path was half of the server's CPU. Here a batch of frames is
+one buffer and usually one system call (:meth:`WsprotoChannelConnection.send_frames`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+
+import trio
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError
+
+from kallichore.api.websocket import ChannelClosedError
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "MAX_MESSAGE_BYTES",
+    "RECEIVE_SIZE",
+    "WRITE_CHUNK",
+    "WsprotoChannelConnection",
+    "upgrade_response",
+]
+
+#: Read size.
+RECEIVE_SIZE = 64 * 1024  # bytes
+#: Bound on the closing handshake with a client.
+CLOSE_TIMEOUT = 2.0  # seconds
+#: Largest message a client may send (``--max-message-size`` by default).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes
+#: Data frames gathered into one write (a batch stops at the first frame past it).
+WRITE_CHUNK = 64 * 1024  # bytes
+
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def upgrade_response(key: bytes) -> bytes:
+    """The ``101 Switching Protocols`` answer to an upgrade with ``Sec-WebSocket-Key: key``.
+
+    No subprotocol and no extension is selected (as in Kallichore).
+    """
+    accept = base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+def _text_frame_head(length: int) -> bytes:
+    """The head of an unmasked, final text frame carrying ``length`` bytes."""
+    if length < 126:
+        return _SMALL_TEXT_HEADS[length]
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+_SMALL_TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
+
+
+class WsprotoChannelConnection:
+    """A server-side WebSocket on a byte stream, for :func:`serve_channel`.
+
+    Writes are serialised by a lock (trio-websocket's ``_send``); reading
+    happens only in :meth:`receive`, which also answers pings and counts
+    pongs whose payload is an 8-byte counter.
+
+    Data frames (:meth:`send_frames`) bypass wsproto: a server frame with no
+    extension negotiated is a two-to-ten-byte head and the payload, so a
+    whole batch becomes one buffer and, usually, one ``send`` system call.
+    Control frames (ping, pong, close) still go through wsproto.
+    """
+
+    def __init__(
+        self, stream: trio.abc.Stream, ws: Connection, *, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
+        self._stream = stream
+        # Written to directly when the stream is a socket stream, so that a
+        # short write tells us how much went out (SocketStream.send_all would
+        # not); any other stream gets send_all.
+        self._socket: trio.socket.SocketType | None = getattr(stream, "socket", None)
+        self._ws = ws
+        self._max_message_bytes = max_message_bytes
+        self._send_lock = trio.StrictFIFOLock()
+        # Bytes of frames already committed to the client but not yet written
+        # (a short write); they go out before anything else.
+        self._unwritten = memoryview(b"")
+        self._inbox: deque[str | bytes] = deque()
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self._pongs = 0
+        self._eof = False
+
+    @property
+    def pongs_received(self) -> int | None:
+        return self._pongs
+
+    async def _write(self, data: bytes | memoryview) -> int:
+        """Write some of ``data`` (all of it for non-socket streams); the count written.
+
+        Raises :class:`ChannelClosedError`; cancelled only before writing.
+        """
+        try:
+            if self._socket is None:
+                await self._stream.send_all(data)
+                return len(data)
+            return await self._socket.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ChannelClosedError(str(exc) or type(exc).__name__) from None
+
+    async def _flush_unwritten(self) -> None:
+        while self._unwritten:
+            written = await self._write(self._unwritten)
+            self._unwritten = self._unwritten[written:]
+
+    async def flush(self) -> None:
+        """Finish writing frames already committed by :meth:`send_frames`.
+
+        **Cancellation:** safe; what is left is written before anything else.
+
+        **Errors:** :class:`ChannelClosedError`.
+        """
+        if self._unwritten:
+            async with self._send_lock:
+                await self._flush_unwritten()
+
+    async def _send(self, event: Event) -> None:
+        async with self._send_lock:
+            try:
+                data = self._ws.send(event)
+            except LocalProtocolError as exc:
+                raise ChannelClosedError(str(exc)) from None
+            await self._flush_unwritten()
+            self._unwritten = memoryview(data)
+            await self._flush_unwritten()
+
+    async def send_frames(self, frames: Sequence[bytes]) -> int:
+        """Send the first frames of ``frames`` as text messages; how many went.
+
+        Takes as many frames as fit in :data:`WRITE_CHUNK` (at least one).
+        The frames counted are committed: if the socket took only part of
+        them, the rest is written by :meth:`flush` or before anything else.
+        The payloads must be UTF-8 (they are JSON from orjson).
+
+        **Cancellation:** if cancelled, no frame of this call was committed.
+
+        **Errors:** :class:`ChannelClosedError` (nothing of this call was
+        committed) once the connection failed or is closing.
+        """
+        async with self._send_lock:
+            if self._ws.state is not ConnectionState.OPEN:
+                raise ChannelClosedError(f"the WebSocket is {self._ws.state.name.lower()}")
+            await self._flush_unwritten()
+            parts: list[bytes] = []
+            size = count = 0
+            for frame in frames:
+                parts.append(_text_frame_head(len(frame)))
+                parts.append(frame)
+                count += 1
+                size += len(frame)
+                if size >= WRITE_CHUNK:
+                    break
+            data = b"".join(parts)
+            written = await self._write(data)
+            if written < len(data):
+                self._unwritten = memoryview(data)[written:]
+            return count
+
+    async def send_ping(self, payload: bytes) -> None:
+        await self._send(Ping(payload=payload))
+
+    async def receive(self) -> str | bytes | None:
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            # Keep reading while our own Close awaits its answer (LOCAL_CLOSING).
+            if self._eof or self._ws.state in (
+                ConnectionState.REMOTE_CLOSING,
+                ConnectionState.CLOSED,
+            ):
+                return None
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._eof = True
+                self._ws.receive_data(None)
+            else:
+                self._ws.receive_data(bytes(data))
+            await self._handle_events()
+
+    async def _handle_events(self) -> None:
+        for event in self._ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
+                self._size += len(event.data)
+                if self._size > self._max_message_bytes:
+                    with contextlib.suppress(ChannelClosedError):
+                        await self._send(CloseConnection(code=1009, reason="message too big"))
+                    self._eof = True
+                    return
+                if event.message_finished:
+                    if isinstance(event, TextMessage):
+                        self._inbox.append("".join(p for p in self._parts if isinstance(p, str)))
+                    else:
+                        self._inbox.append(b"")  # binary frames are ignored
+                    self._parts.clear()
+                    self._size = 0
+            elif isinstance(event, Ping):
+                with contextlib.suppress(ChannelClosedError):
+                    await self._send(event.response())
+            elif isinstance(event, Pong):
+                if len(event.payload) == 8:
+                    self._pongs = max(self._pongs, int.from_bytes(event.payload, "big"))
+            elif isinstance(event, CloseConnection):
+                # Answered in aclose(), after delivery has stopped.
+                return
+
+    async def aclose(self) -> None:
+        """Closing handshake (bounded), then close the stream.
+
+        **Cancellation:** runs shielded; bounded by :data:`CLOSE_TIMEOUT`.
+        """
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(CLOSE_TIMEOUT),
+            contextlib.suppress(ChannelClosedError),
+        ):
+            if self._ws.state is ConnectionState.OPEN:
+                await self._send(CloseConnection(code=1000))
+                # Wait for the client's Close (or EOF); ignore late messages.
+                while await self.receive() is not None:
+                    pass
+            elif self._ws.state is ConnectionState.REMOTE_CLOSING:
+                await self._send(CloseConnection(code=1000))
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()

@@ -1,0 +1,145 @@
+"""WsprotoChannelConnection's batched writes, over a real socket pair.
+
+The client side is wsproto, so every byte the connection writes by hand is
+checked by an independent parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import CloseConnection, Ping, TextMessage
+
+from kallichore.api.stream_websocket import WRITE_CHUNK, WsprotoChannelConnection
+from kallichore.api.websocket import ChannelClosedError
+
+_STREAMS: list[trio.SocketStream] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_streams() -> AsyncIterator[None]:
+    yield
+    while _STREAMS:
+        await _STREAMS.pop().aclose()
+
+
+async def pair() -> tuple[WsprotoChannelConnection, trio.SocketStream]:
+    a, b = (trio.SocketStream(s) for s in trio.socket.socketpair())
+    _STREAMS.extend((a, b))
+    return WsprotoChannelConnection(a, Connection(ConnectionType.SERVER)), b
+
+
+class Peer:
+    """The client end: reads everything, parses it with wsproto."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = Connection(ConnectionType.CLIENT)
+        self.texts: list[str] = []
+        self.parts: list[str] = []
+        self.pings: list[bytes] = []
+
+    async def read_until(self, count: int) -> None:
+        """Read until ``count`` text messages (and whatever came with them) arrived."""
+        while len(self.texts) < count:
+            data = await self.stream.receive_some(1 << 20)
+            assert data, "EOF"
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.parts.append(event.data)
+                    if event.message_finished:
+                        self.texts.append("".join(self.parts))
+                        self.parts.clear()
+                elif isinstance(event, Ping):
+                    self.pings.append(bytes(event.payload))
+                elif isinstance(event, CloseConnection):
+                    raise AssertionError(f"closed: {event}")
+
+
+def frame(i: int, size: int) -> bytes:
+    head = f'{{"i":{i},"pad":"'.encode()
+    return head + b"x" * max(0, size - len(head) - 2) + b'"}'
+
+
+async def send_all(conn: WsprotoChannelConnection, frames: list[bytes]) -> None:
+    sent = 0
+    while sent < len(frames):
+        sent += await conn.send_frames(frames[sent:])
+    await conn.flush()
+
+
+@pytest.mark.parametrize("size", [2, 125, 126, 65535, 65536, 300_000])
+async def test_frame_lengths_at_every_head_size(size: int) -> None:
+    conn, stream = await pair()
+    peer = Peer(stream)
+    frames = [frame(i, size) for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_all, conn, frames)
+        await peer.read_until(3)
+    assert [t.encode() for t in peer.texts] == frames
+
+
+async def test_a_batch_is_cut_after_the_write_chunk() -> None:
+    conn, stream = await pair()
+    frames = [frame(i, 1000) for i in range(WRITE_CHUNK // 1000 * 3)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Peer(stream).read_until, len(frames))
+        first = await conn.send_frames(frames)
+        assert 0 < first < len(frames)
+        assert first * 1000 >= WRITE_CHUNK
+        await send_all(conn, frames[first:])
+
+
+async def test_short_write_is_finished_before_anything_else() -> None:
+    """When the socket takes part of a batch, the rest goes out first, whole."""
+    conn, stream = await pair()
+    big = [frame(i, 200_000) for i in range(4)]  # more than a socket buffer holds
+    committed = await conn.send_frames(big)
+    assert committed >= 1
+    peer = Peer(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.read_until, committed + 1)
+        await conn.send_ping(b"\x00" * 7 + b"\x01")  # a control frame waits its turn
+        await send_all(conn, [b'{"after":true}'])
+    assert [t.encode() for t in peer.texts[:committed]] == big[:committed]
+    assert peer.texts[committed] == '{"after":true}'
+    assert peer.pings == [b"\x00" * 7 + b"\x01"]
+
+
+async def test_cancelled_send_commits_nothing() -> None:
+    conn, stream = await pair()
+    committed = 0
+    with trio.move_on_after(0.2) as scope:
+        while True:  # nobody reads: the socket fills, then a send blocks
+            committed += await conn.send_frames([frame(committed, 50_000)])
+    assert scope.cancelled_caught
+    peer = Peer(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.read_until, committed + 1)
+        await send_all(conn, [b'{"last":true}'])
+    assert [t.encode() for t in peer.texts[:committed]] == [
+        frame(i, 50_000) for i in range(committed)
+    ]
+    assert peer.texts[committed:] == ['{"last":true}']
+
+
+async def test_no_frames_after_close_or_on_a_broken_socket() -> None:
+    conn, stream = await pair()
+    await stream.aclose()
+
+    async def keep_sending() -> None:
+        for _ in range(100):  # the first writes may still land in the buffer
+            await conn.send_frames([frame(0, 100_000)])
+
+    with pytest.raises(ChannelClosedError):
+        await keep_sending()
+    conn2, stream2 = await pair()
+    with trio.move_on_after(0.5):
+        await conn2.aclose()  # sends Close; we never answer
+    with pytest.raises(ChannelClosedError):
+        await conn2.send_frames([b"{}"])
+    await stream2.aclose()
