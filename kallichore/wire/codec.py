@@ -299,7 +299,7 @@ class Deserializer:
             registration socket; ``False`` matches jupyter_client.
     """
 
-    __slots__ = ("_accept_unsigned", "_replay", "_signer")
+    __slots__ = ("_accept_unsigned", "_last_parent", "_replay", "_signer")
 
     def __init__(
         self,
@@ -311,6 +311,10 @@ class Deserializer:
         self._signer = signer
         self._replay = replay
         self._accept_unsigned = accept_unsigned
+        # The last parent header frame and its decoding: every output of one
+        # request carries the same parent, so a flood decodes it once. The
+        # dict is shared by those messages; nobody may mutate it.
+        self._last_parent: tuple[bytes, dict[str, Any]] = (b"{}", {})
 
     def receive_frames(self, frames: Sequence[bytes]) -> WireMessage:
         """Verify and decode one multipart message.
@@ -350,7 +354,10 @@ class Deserializer:
             raise RemoteProtocolError("header has no string 'msg_id'")
         if not isinstance(header.get("msg_type"), str):
             raise RemoteProtocolError("header has no string 'msg_type'")
-        parent_header = _decode_object(rest[2], "parent header")
+        last_frame, parent_header = self._last_parent
+        if rest[2] != last_frame:
+            parent_header = _decode_object(rest[2], "parent header")
+            self._last_parent = (rest[2], parent_header)
 
         return WireMessage(
             header=header,

@@ -53,6 +53,8 @@ class WireMessage:
         header: the decoded header; always carries string ``msg_id`` and
             ``msg_type`` when the message came out of the codec.
         parent_header: the decoded parent header; ``{}`` when there is none.
+            Read-only: the codec shares one dict between messages with the
+            same parent.
         metadata: the raw JSON bytes of the metadata frame (not decoded).
         content: the raw JSON bytes of the content frame (not decoded).
         buffers: the binary frames after ``content``, in order.

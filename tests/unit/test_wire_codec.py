@@ -460,6 +460,23 @@ def test_parent_header_not_an_object(parent: bytes) -> None:
         deserializer().receive_frames(frames)
 
 
+def test_parent_header_decoding_is_reused_only_for_the_same_bytes() -> None:
+    """A flood shares one parent; its decoding is reused, and never a stale one."""
+    d = Deserializer(Signer(KEY), None)
+    parent_a = b'{"msg_id":"a","msg_type":"execute_request"}'
+    parent_b = b'{"msg_id":"b","msg_type":"execute_request"}'
+    sequence = [parent_a, parent_a, parent_b, b"{}", parent_a, b"nope", parent_a]
+    decoded = []
+    for i, parent in enumerate(sequence):
+        frames = signed_frames(f'{{"msg_id":"m{i}","msg_type":"stream"}}'.encode(), parent)
+        if parent == b"nope":
+            with pytest.raises(RemoteProtocolError, match="parent header"):
+                d.receive_frames(frames)
+            continue
+        decoded.append(d.receive_frames(frames).parent_msg_id)
+    assert decoded == ["a", "a", "b", None, "a", "a"]
+
+
 @pytest.mark.parametrize(
     ("header", "field"),
     [
