@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 from collections import deque
 from collections.abc import Sequence
 
@@ -81,6 +82,20 @@ def _text_frame_head(length: int) -> bytes:
 _SMALL_TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
 
 
+def _encode_batch(frames: Sequence[bytes]) -> tuple[int, bytes]:
+    """The first frames (at least one, about :data:`WRITE_CHUNK` bytes) as text frames."""
+    parts: list[bytes] = []
+    size = count = 0
+    for frame in frames:
+        parts.append(_text_frame_head(len(frame)))
+        parts.append(frame)
+        count += 1
+        size += len(frame)
+        if size >= WRITE_CHUNK:
+            break
+    return count, b"".join(parts)
+
+
 class WsprotoChannelConnection:
     """A server-side WebSocket on a byte stream, for :func:`serve_channel`.
 
@@ -122,12 +137,25 @@ class WsprotoChannelConnection:
         """Write some of ``data`` (all of it for non-socket streams); the count written.
 
         Raises :class:`ChannelClosedError`; cancelled only before writing.
+        Does not checkpoint when the socket takes the data at once.
         """
+        sock = self._socket
         try:
-            if self._socket is None:
+            if sock is None:
                 await self._stream.send_all(data)
                 return len(data)
-            return await self._socket.send(data)
+            while True:
+                # A write(2) first, without the scheduler pass trio's
+                # socket.send makes after success: the bridge already takes
+                # one per batch. The fd is read just before the call, so a
+                # socket closed meanwhile gives -1 (EBADF), never a stranger.
+                fd = sock.fileno()
+                if fd < 0:
+                    raise ChannelClosedError("the connection is closed")
+                try:
+                    return os.write(fd, data)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ChannelClosedError(str(exc) or type(exc).__name__) from None
 
@@ -170,24 +198,55 @@ class WsprotoChannelConnection:
         **Errors:** :class:`ChannelClosedError` (nothing of this call was
         committed) once the connection failed or is closing.
         """
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the usual case: no scheduler pass
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self._ws.state is not ConnectionState.OPEN:
                 raise ChannelClosedError(f"the WebSocket is {self._ws.state.name.lower()}")
             await self._flush_unwritten()
-            parts: list[bytes] = []
-            size = count = 0
-            for frame in frames:
-                parts.append(_text_frame_head(len(frame)))
-                parts.append(frame)
-                count += 1
-                size += len(frame)
-                if size >= WRITE_CHUNK:
-                    break
-            data = b"".join(parts)
+            count, data = _encode_batch(frames)
             written = await self._write(data)
             if written < len(data):
                 self._unwritten = memoryview(data)[written:]
             return count
+        finally:
+            lock.release()
+
+    @property
+    def can_write_now(self) -> bool:
+        return self._socket is not None
+
+    def write_now(self, frames: Sequence[bytes]) -> int:
+        """:meth:`send_frames` without waiting: 0 unless the socket is free and takes data.
+
+        Never raises; a failed connection is left for :meth:`send_frames` to
+        report.
+        """
+        sock = self._socket
+        if (
+            sock is None
+            or self._unwritten
+            or self._send_lock.locked()
+            or self._ws.state is not ConnectionState.OPEN
+        ):
+            return 0
+        fd = sock.fileno()
+        if fd < 0:
+            return 0
+        count, data = _encode_batch(frames)
+        try:
+            written = os.write(fd, data)
+        except OSError:  # BlockingIOError included: nothing was written
+            return 0
+        if written < len(data):
+            self._unwritten = memoryview(data)[written:]
+        return count
+
+    def needs_flush(self) -> bool:
+        return bool(self._unwritten)
 
     async def send_ping(self, payload: bytes) -> None:
         await self._send(Ping(payload=payload))

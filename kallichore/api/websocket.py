@@ -16,20 +16,20 @@ the first task to finish ends the others)::
     └── _Bridge.keepalive         pings (not on the app route: hypercorn pings there)
 
 Delivery
-    ``session.next_frames`` hands out batches of encoded frames; the
-    connection writes as many as fit in one buffer per call
-    (``send_frames``), each as a text message. Frames taken but not written (the connection
-    failed, or the client asked to close) go back with ``session.requeue``,
-    so the next client gets them, in order. Waiting for frames happens
-    *outside* ``next_frames`` (on ``session.outbox_changed``), and
-    ``next_frames`` itself runs shielded once frames are there, so a
-    cancellation can never strike between taking frames and sending them.
-    The session never waits for the client: the outbox is bounded and its
-    overflow policy (drop the oldest output, report ``outputDropped``)
-    lives in :mod:`kallichore.session.outbox`.
+    The delivery task waits on ``session.outbox_changed``, then takes a
+    batch with ``session.take_frames`` (synchronous) and hands it to the
+    connection, which writes as many frames as fit in one buffer per
+    ``send_frames`` call, each as a text message. Nothing checkpoints
+    between taking frames and handing them over, so a cancellation can
+    never strike in between; frames taken but not written (the connection
+    failed, the client asked to close, or a cancellation came during a
+    write) go back with ``session.requeue``, so the next client gets them,
+    in order. The session never waits for the client: the outbox is bounded
+    and its overflow policy (drop the oldest output, report
+    ``outputDropped``) lives in :mod:`kallichore.session.outbox`.
 
 Takeover
-    A newer client makes ``next_frames`` return ``[]`` for the older one,
+    A newer client makes ``take_frames`` return ``[]`` for the older one,
     which sends ``clientDisconnected`` and closes.
 
 Closing
@@ -127,6 +127,20 @@ class ChannelConnection(Protocol):
         written before anything else).
         """
 
+    @property
+    def can_write_now(self) -> bool:
+        """Whether :meth:`write_now` can ever write."""
+
+    def write_now(self, frames: Sequence[bytes]) -> int:
+        """Like :meth:`send_frames`, synchronously: 0 if it would have to wait.
+
+        Never raises: a failed connection is left for :meth:`send_frames`
+        to report.
+        """
+
+    def needs_flush(self) -> bool:
+        """Whether committed bytes are still unwritten."""
+
     async def send_ping(self, payload: bytes) -> None:
         """Send a ping. Raises :class:`ChannelClosedError`."""
 
@@ -189,22 +203,43 @@ class _Bridge:
 
     async def _deliver(self) -> None:
         session, attachment = self.session, self.attachment
+        conn = self.conn
         while not self.closing:
+            waited = False
             with trio.CancelScope() as self.wait_scope:
                 while not (
                     len(session.outbox)
                     or attachment.kicked
                     or not session.is_current_client(attachment)
+                    or conn.needs_flush()
                 ):
-                    await session.outbox_changed.wait()
+                    waited = True
+                    # While we sleep, the session writes new frames itself.
+                    attachment.immediate = self if conn.can_write_now else None
+                    try:
+                        await session.outbox_changed.wait()
+                    finally:
+                        attachment.immediate = None
             self.wait_scope = None
+            if not waited:
+                # Under a flood the outbox is never empty: one scheduler pass
+                # per batch keeps the loop fair (and cancellable) there.
+                await trio.lowlevel.checkpoint()
             if self.closing:
                 return
-            # Frames are there (or we were kicked): this returns at once, and
-            # must not be interrupted after taking them.
-            with trio.CancelScope(shield=True):
-                frames = await session.next_frames(attachment)
+            if conn.needs_flush() and not len(session.outbox) and not attachment.kicked:
+                try:
+                    await conn.flush()
+                except ChannelClosedError as exc:
+                    logger.info("%r: client connection failed: %s", session, exc)
+                    return
+                continue
+            # No checkpoint from here until the frames are handed to the
+            # connection: a cancellation cannot strike between the two.
+            frames = session.take_frames(attachment)
             if not frames:
+                if not attachment.kicked and session.is_current_client(attachment):
+                    continue  # written meanwhile by the session itself
                 logger.info("%r: client taken over by a newer one", session)
                 with contextlib.suppress(ChannelClosedError):
                     await self.conn.send_frames([TAKEOVER_NOTICE])
@@ -223,6 +258,16 @@ class _Bridge:
                 raise
             if sent < len(frames):
                 session.requeue(frames[sent:])
+
+    # ImmediateWriter, while delivery waits (called by the session, synchronously).
+
+    def write_now(self, frames: list[bytes]) -> int:
+        if self.closing:
+            return 0
+        return self.conn.write_now(frames)
+
+    def needs_flush(self) -> bool:
+        return self.conn.needs_flush()
 
     async def receive(self) -> None:
         try:
@@ -300,6 +345,14 @@ class _QuartConnection:
 
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    can_write_now = False
+
+    def write_now(self, frames: Sequence[bytes]) -> int:
+        return 0
+
+    def needs_flush(self) -> bool:
+        return False
 
     async def send_ping(self, payload: bytes) -> None:  # pragma: no cover - not used
         raise NotImplementedError

@@ -41,7 +41,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import orjson
@@ -88,7 +88,7 @@ from kallichore.wire.connection_file import (
 )
 from kallichore.wire.message import WireMessage, new_header, short_msg_id
 
-__all__ = ["ClientAttachment", "KernelSession", "SessionSpec"]
+__all__ = ["ClientAttachment", "ImmediateWriter", "KernelSession", "SessionSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,24 @@ class ClientAttachment:
     socket_path: str | None = None
     #: Set when a newer client took over; the connection must close.
     kicked: bool = False
+    #: While the client's delivery task is idle: writes frames synchronously
+    #: (see :class:`ImmediateWriter`), so new frames need no task switch.
+    immediate: ImmediateWriter | None = None
+
+
+class ImmediateWriter(Protocol):
+    """A client connection that can take frames without waiting, when it is idle."""
+
+    def write_now(self, frames: list[bytes]) -> int:
+        """Write the first of ``frames`` if that needs no waiting; how many were committed.
+
+        Committed frames are written, or will be before anything else.
+        """
+        ...
+
+    def needs_flush(self) -> bool:
+        """Whether committed bytes are still unwritten (the delivery task must run)."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -188,6 +206,8 @@ class _Incarnation:
     # Files written for this kernel (they hold the key); removed when it ends.
     files: list[str] = attrs.field(factory=list)
     send_lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
+    # Parent msg_id of the last reply forwarded from shell.
+    last_shell_reply_to: str | None = None
 
 
 @attrs.define(eq=False)
@@ -313,7 +333,21 @@ class KernelSession:
             self._wake_client()
 
     def _wake_client(self) -> None:
-        """Tell whoever waits on :attr:`outbox_changed` that the outbox changed."""
+        """Hand new frames to the client; wake whoever waits on :attr:`outbox_changed`.
+
+        When the client's delivery task is idle, the frames are written right
+        here (one task switch less per message, which is most of the cost of a
+        trickle of output), and the task is woken only if something is left.
+        """
+        client = self._client
+        writer = client.immediate if client is not None else None
+        if writer is not None and client is not None and len(self.outbox):
+            frames = self.take_frames(client)
+            written = writer.write_now(frames)
+            if written < len(frames):
+                self.requeue(frames[written:])
+            if not len(self.outbox) and not writer.needs_flush():
+                return
         self.outbox_changed.set()
         self.outbox_changed = trio.Event()
 
@@ -395,32 +429,43 @@ class KernelSession:
         return self._client is attachment
 
     async def next_frames(self, attachment: ClientAttachment, *, limit: int = 256) -> list[bytes]:
-        """Wait for frames for this client and take up to ``limit`` of them.
+        """Wait for frames for this client, then :meth:`take_frames`.
 
-        Returns an empty list once the attachment has been kicked (the caller
-        then says goodbye and closes). Frames taken here are no longer in the
-        outbox: a caller that fails to deliver them should :meth:`requeue`.
-        If output was dropped while nobody read it, the first frame is an
-        ``outputDropped`` event with the count.
+        Checkpoints before it takes anything and not after, so a cancelled
+        call loses nothing. Returns ``[]`` only once the attachment has been
+        kicked.
         """
         while True:
             if attachment.kicked or self._client is not attachment:
                 await trio.lowlevel.checkpoint()
                 return []
             if len(self.outbox):
-                # Checkpoint *before* taking anything: a cancellation here
-                # loses nothing, and nothing awaits once frames are taken.
                 await trio.lowlevel.checkpoint()
-                if attachment.kicked or self._client is not attachment or not len(self.outbox):
-                    continue
-                frames: list[bytes] = []
-                dropped = self.outbox.take_dropped()
-                if dropped:
-                    frames.append(orjson.dumps({"kind": "kernel", "outputDropped": dropped}))
-                while len(frames) < limit and (frame := self.outbox.pop()) is not None:
-                    frames.append(frame)
-                return frames
+                frames = self.take_frames(attachment, limit=limit)
+                if frames or attachment.kicked or self._client is not attachment:
+                    return frames
+                continue
             await self.outbox_changed.wait()
+
+    def take_frames(self, attachment: ClientAttachment, *, limit: int = 256) -> list[bytes]:
+        """Take up to ``limit`` frames for this client, without waiting.
+
+        Returns an empty list once the attachment has been kicked (the caller
+        then says goodbye and closes), and also when there is nothing to
+        take (wait on :attr:`outbox_changed` first). Frames taken here are no
+        longer in the outbox: a caller that fails to deliver them should
+        :meth:`requeue`. If output was dropped while nobody read it, the
+        first frame is an ``outputDropped`` event with the count.
+        """
+        if attachment.kicked or self._client is not attachment:
+            return []
+        frames: list[bytes] = []
+        dropped = self.outbox.take_dropped()
+        if dropped:
+            frames.append(orjson.dumps({"kind": "kernel", "outputDropped": dropped}))
+        while len(frames) < limit and (frame := self.outbox.pop()) is not None:
+            frames.append(frame)
+        return frames
 
     def requeue(self, frames: list[bytes]) -> None:
         """Put back frames a client could not take, ahead of everything else."""
@@ -807,7 +852,7 @@ class KernelSession:
                     if msg.parent_msg_id in inc.internal:
                         continue
                     idle = _execution_state(msg) == "idle"
-                    if idle:
+                    if idle and msg.parent_msg_id != inc.last_shell_reply_to:
                         await self._let_reply_through(inc)
                     self._on_kernel_status(msg)
                     self._forward("iopub", msg, wake=False)
@@ -821,6 +866,8 @@ class KernelSession:
 
     async def _let_reply_through(self, inc: _Incarnation) -> None:
         """Let the shell reader forward a reply that came before an idle status.
+
+        Skipped when the reply to the idle's request has gone out already.
 
         The kernel sends a request's reply before its idle status, and
         clients read "idle" as the end. The reply is on another socket, with
@@ -862,6 +909,8 @@ class KernelSession:
             if msg.parent_msg_id in inc.internal:
                 continue
             self._forward(channel, msg)
+            if channel == "shell":
+                inc.last_shell_reply_to = msg.parent_msg_id
 
     async def _monitor_heartbeat(self, inc: _Incarnation) -> None:
         assert inc.sockets is not None
@@ -930,8 +979,15 @@ class KernelSession:
             buffers=buffers,
         )
         sock = _socket_for(inc, channel)
-        async with inc.send_lock:
+        lock = inc.send_lock
+        try:
+            lock.acquire_nowait()  # the usual case: no scheduler pass on the way in
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             await sock.send_multipart(serialize(msg, self._signer))
+        finally:
+            lock.release()
 
     async def _release_next_execution(self, inc: _Incarnation) -> None:
         nxt = self.execution_queue.release_next()

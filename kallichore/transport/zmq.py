@@ -155,6 +155,8 @@ class TrioZmqSocket:
     _send_lock: trio.StrictFIFOLock = attrs.field(init=False, factory=trio.StrictFIFOLock)
     # True while a task is inside receive_multipart (at most one may be).
     _receiving: bool = attrs.field(init=False, default=False)
+    # Set when receive_batch's last batch ended because the queue was empty.
+    _drained: bool = attrs.field(init=False, default=False)
     # Scope of the one task currently in wait_readable(_fd), or None.
     # Cancelling it wakes that task so it re-checks EVENTS.
     _watcher_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
@@ -267,11 +269,15 @@ class TrioZmqSocket:
                 try:
                     batch.append(_recv_message(sock))
                 except zmq.Again:
+                    self._drained = True
                     break
             return batch
 
+        # After a batch that emptied the queue, trying again at once would
+        # almost always fail (zmq.Again costs ~4 us): check EVENTS and sleep.
+        try_first, self._drained = not self._drained, False
         try:
-            return await self._operate(take, zmq.POLLIN)
+            return await self._operate(take, zmq.POLLIN, try_first=try_first)
         finally:
             self._receiving = False
 
@@ -313,22 +319,27 @@ class TrioZmqSocket:
 
     # -- readiness machinery (see the module docstring) -----------------------
 
-    async def _operate(self, op: Callable[[], _T], flag: int) -> _T:
-        """Run the non-blocking ``op``, waiting for ``flag`` while it would block."""
+    async def _operate(self, op: Callable[[], _T], flag: int, *, try_first: bool = True) -> _T:
+        """Run the non-blocking ``op``, waiting for ``flag`` while it would block.
+
+        With ``try_first=False`` the first attempt waits for ``flag`` (which
+        returns at once, after a checkpoint, if ``EVENTS`` already shows it).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         # Same translation as _map_exceptions, spelled as a plain try: this is
         # the per-message path, where a try statement is free and a
         # generator-based context manager costs about a microsecond.
         try:
             self._check_open()
-            try:
-                result = op()
-            except zmq.Again:
-                pass
-            else:
-                self._wake_if_wanted()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return result
+            if try_first:
+                try:
+                    result = op()
+                except zmq.Again:
+                    pass
+                else:
+                    self._wake_if_wanted()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return result
             while True:
                 # _wait_for always executes a checkpoint, so this path needs
                 # no extra one after a successful op.

@@ -143,3 +143,43 @@ async def test_no_frames_after_close_or_on_a_broken_socket() -> None:
     with pytest.raises(ChannelClosedError):
         await conn2.send_frames([b"{}"])
     await stream2.aclose()
+
+
+async def test_write_now_writes_at_once_or_not_at_all() -> None:
+    """The session's synchronous path: whole batches in order, 0 when it would wait."""
+    conn, stream = await pair()
+    assert conn.can_write_now
+    assert conn.write_now([b'{"a":1}', b'{"b":2}']) == 2
+    assert not conn.needs_flush()
+    # Fill the socket: write_now never blocks; what it commits is finished by flush().
+    committed = 0
+    while True:
+        n = conn.write_now([frame(committed, 100_000)])
+        if not n:
+            break
+        committed += n
+        if conn.needs_flush():
+            assert conn.write_now([b"{}"]) == 0, "nothing may overtake the unwritten tail"
+            break
+    peer = Peer(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.read_until, 2 + committed + 1)
+        await conn.flush()
+        assert not conn.needs_flush()
+        await send_all(conn, [b'{"last":true}'])
+    assert peer.texts[:2] == ['{"a":1}', '{"b":2}']
+    assert [t.encode() for t in peer.texts[2 : 2 + committed]] == [
+        frame(i, 100_000) for i in range(committed)
+    ]
+    assert peer.texts[-1] == '{"last":true}'
+
+
+async def test_write_now_waits_for_a_writer_holding_the_lock() -> None:
+    conn, stream = await pair()
+    async with conn._send_lock:
+        assert conn.write_now([b"{}"]) == 0
+    await stream.aclose()
+    for _ in range(100):  # a broken socket: 0 once the buffer is gone, never an error
+        if not conn.write_now([frame(0, 100_000)]):
+            break
+    assert conn.write_now([b"{}"]) == 0
