@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -292,6 +293,11 @@ async def _run_until_shutdown(config: ServerConfig, token_generated: bool) -> No
             nursery.start_soon(forward_signals)
             address = await nursery.start(serve_then_stop)
             _print_banner(address, config, token_generated)
+            # Everything built so far lives as long as the process: keep it
+            # out of the cyclic GC's full collections, which otherwise scan
+            # it again and again under a flood of output (30-40 ms pauses were
+            # measured). Only here: a library caller's heap is its own.
+            gc.freeze()
 
 
 def _print_banner(address: object, config: ServerConfig, token_generated: bool) -> None:

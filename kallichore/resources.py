@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -29,11 +29,12 @@ class ResourceSampler:
 
     Args:
         interval: seconds between samples, ``None`` when sampling is off.
-        sample: takes the current interval in milliseconds and measures.
+        sample: takes the current interval in milliseconds and measures;
+            it should checkpoint between sessions (psutil is slow).
     """
 
     _interval_ms: int
-    _sample: Callable[[int], None]
+    _sample: Callable[[int], Awaitable[None]]
     # The scope run() sleeps in; None while sampling.
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _next: float = attrs.field(default=math.inf, init=False)
@@ -69,6 +70,6 @@ class ResourceSampler:
                     self._scope = None
             self._schedule_from(trio.current_time())
             try:
-                self._sample(self._interval_ms)
+                await self._sample(self._interval_ms)
             except Exception:
                 logger.exception("Resource sampling failed")

@@ -182,6 +182,7 @@ async def serve(
                             if config.transport is Transport.TCP
                             else None
                         ),
+                        priority=server.registry.priority,
                     )
                 )
                 _announce(config, listener, server)

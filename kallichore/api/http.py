@@ -49,6 +49,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from kallichore.listener import BoundListener
+from kallichore.priority import RequestPriority
 
 __all__ = [
     "HTTP_GRACEFUL_TIMEOUT",
@@ -153,6 +154,7 @@ async def serve_http(
     shutdown_trigger: Callable[[], Awaitable[object]],
     max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE,
     take_connection: ConnectionTaker | None = None,
+    priority: RequestPriority | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the already-bound ``listener`` until ``shutdown_trigger`` returns.
@@ -163,7 +165,9 @@ async def serve_http(
     channel WebSockets on TCP bypass the ASGI stack
     (:mod:`kallichore.api.tcp_channels`). Connections it takes run in the
     same nursery and are cancelled when shutdown starts; hypercorn's get
-    ``HTTP_GRACEFUL_TIMEOUT`` to finish.
+    ``HTTP_GRACEFUL_TIMEOUT`` to finish. With ``priority``, every HTTP
+    request is marked in flight from its first bytes to its response
+    (:mod:`kallichore.priority`).
 
     Reports the bind descriptions through ``task_status`` once serving.
 
@@ -195,6 +199,8 @@ async def serve_http(
                     taken.discard(scope)
             if http_stream is None:
                 return
+        if priority is not None:
+            http_stream = _PriorityStream(http_stream, priority)
         state = ConnectionState(lifespan_state.copy())
         await TCPServer(asgi, config, context, state, http_stream)  # type: ignore[arg-type]
 
@@ -229,3 +235,47 @@ async def serve_http(
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class _PriorityStream(trio.abc.HalfCloseableStream):
+    """A connection's stream for hypercorn, marking requests in flight.
+
+    A request is in flight from the read that brings its first bytes to the
+    write of its response; that covers hypercorn's parsing and writing as
+    well as the app. Has ``socket`` and no ``do_handshake``, as hypercorn
+    expects of a plain TCP or Unix stream.
+    """
+
+    def __init__(self, stream: Any, priority: RequestPriority) -> None:
+        self._stream = stream
+        self._priority = priority
+        self._in_flight = False
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = bytes(await self._stream.receive_some(max_bytes))
+        if data and not self._in_flight:
+            self._in_flight = True
+            self._priority.begin()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        finally:
+            self._done()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._done()
+        await self._stream.aclose()
+
+    def _done(self) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            self._priority.end()

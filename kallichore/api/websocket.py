@@ -28,6 +28,12 @@ Delivery
     and its overflow policy (drop the oldest output, report
     ``outputDropped``) lives in :mod:`kallichore.session.outbox`.
 
+    While the delivery task sleeps, the bridge is the attachment's
+    ``ImmediateWriter``: the session writes new frames itself, right after
+    reading them, if the socket takes them without waiting (a trickle of
+    output then costs no task switch at all), and wakes the delivery task
+    only for what is left.
+
 Takeover
     A newer client makes ``take_frames`` return ``[]`` for the older one,
     which sends ``clientDisconnected`` and closes.
@@ -227,6 +233,7 @@ class _Bridge:
                 await trio.lowlevel.checkpoint()
             if self.closing:
                 return
+            await session.priority.wait_turn()
             if conn.needs_flush() and not len(session.outbox) and not attachment.kicked:
                 try:
                     await conn.flush()

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
+from kallichore.priority import RequestPriority
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
 from kallichore.supervisor.ports import PortReservations
 from kallichore.supervisor.session import KernelSession, SessionSpec
@@ -56,6 +57,8 @@ class SessionRegistry:
     on_activity: Callable[[], None] = lambda: None
     #: Bound on each session's buffer of frames for its client.
     client_buffer_bytes: int = DEFAULT_OUTBOX_LIMIT
+    #: Given to every session: their output pumps wait for REST requests.
+    priority: RequestPriority = attrs.field(factory=RequestPriority)
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
     # The nursery sessions run in; set by run().
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -93,6 +96,7 @@ class SessionRegistry:
             self._activity,
             files_dir=self._files_dir,
             outbox=Outbox(self.client_buffer_bytes),
+            priority=self.priority,
         )
         self._sessions[spec.session_id] = session
         logger.info("Created session %s (%s)", spec.session_id, spec.display_name)
@@ -150,11 +154,17 @@ class SessionRegistry:
             latest_idle_since=max(idle_since, default=None),
         )
 
-    def sample_resources(self, interval_ms: int) -> None:
-        """Measure the sessions that have a client attached (resource sampler)."""
-        for session in self._sessions.values():
+    async def sample_resources(self, interval_ms: int) -> None:
+        """Measure the sessions that have a client attached (resource sampler).
+
+        One session per scheduler pass: psutil takes milliseconds per
+        process tree, and other tasks (REST requests) must not wait for all
+        of them at once.
+        """
+        for session in list(self._sessions.values()):
             if session.connected:
                 session.sample_resources(interval_ms)
+                await trio.lowlevel.checkpoint()
 
     async def shutdown_all(self) -> None:
         """Stop every running session, concurrently, each within its own bound."""

@@ -40,6 +40,7 @@ import logging
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ from kallichore.errors import (
     SessionStateError,
     StartupError,
 )
+from kallichore.priority import RequestPriority
 from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
 from kallichore.session.state import SessionStatus, StatusTracker
@@ -107,6 +109,10 @@ IOPUB_CONFIRM_INTERVAL = 0.25  # seconds
 KILL_WAIT = 5.0  # seconds
 #: Most iopub messages taken from ZeroMQ per scheduler trip.
 IOPUB_BATCH = 64  # messages
+#: The same, when other tasks are waiting to run.
+IOPUB_BATCH_SHARED = 8  # messages
+#: Longest run of iopub processing between two scheduler passes.
+IOPUB_SLICE = 0.001  # seconds
 #: Resource tree is re-read every this many samples (children come and go).
 TREE_REFRESH_TICKS = 5  # samples
 
@@ -231,6 +237,8 @@ class KernelSession:
     connection_info: ConnectionInfo | None = attrs.field(default=None, repr=False)
     execution_queue: ExecutionQueue = attrs.field(factory=ExecutionQueue)
     outbox: Outbox = attrs.field(factory=Outbox)
+    #: Shared by the server's sessions: output pumps wait for REST requests.
+    priority: RequestPriority = attrs.field(factory=RequestPriority)
     connected: bool = False
     resource_usage: dict[str, int] | None = None
     socket_path: str | None = None
@@ -837,10 +845,23 @@ class KernelSession:
         assert inc.sockets is not None
         iopub = inc.sockets.iopub
         deserializer = Deserializer(self._signer, ReplayWindow())
+        priority = self.priority
         while True:
+            await priority.wait_turn()
             # A batch per wake-up: under a flood this is one scheduler trip
-            # and one client wake-up per IOPUB_BATCH messages, not per message.
-            for frames in await iopub.receive_batch(IOPUB_BATCH):
+            # and one client wake-up per batch, not per message. The batch is
+            # small when other tasks are waiting to run (other floods, an HTTP
+            # request), so that one pass of the scheduler stays short.
+            busy = trio.lowlevel.current_statistics().tasks_runnable > 0
+            batch = await iopub.receive_batch(IOPUB_BATCH_SHARED if busy else IOPUB_BATCH)
+            slice_end = time.perf_counter() + IOPUB_SLICE
+            for frames in batch:
+                if time.perf_counter() > slice_end:
+                    # A batch that takes long (a loaded machine, big messages)
+                    # is finished in slices; nothing is dropped in between.
+                    self._wake_client()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    slice_end = time.perf_counter() + IOPUB_SLICE
                 try:
                     msg = deserializer.receive_frames(frames)
                 except RemoteProtocolError as exc:
