@@ -846,14 +846,18 @@ class KernelSession:
         iopub = inc.sockets.iopub
         deserializer = Deserializer(self._signer, ReplayWindow())
         priority = self.priority
+        flooded = False
         while True:
             await priority.wait_turn()
             # A batch per wake-up: under a flood this is one scheduler trip
             # and one client wake-up per batch, not per message. The batch is
             # small when other tasks are waiting to run (other floods, an HTTP
             # request), so that one pass of the scheduler stays short.
-            busy = trio.lowlevel.current_statistics().tasks_runnable > 0
+            # (current_statistics() walks trio's I/O registrations: asked
+            # only under a flood, when the last batch was not a trickle.)
+            busy = flooded and trio.lowlevel.current_statistics().tasks_runnable > 0
             batch = await iopub.receive_batch(IOPUB_BATCH_SHARED if busy else IOPUB_BATCH)
+            flooded = len(batch) >= IOPUB_BATCH_SHARED
             slice_end = time.perf_counter() + IOPUB_SLICE
             for frames in batch:
                 if time.perf_counter() > slice_end:
