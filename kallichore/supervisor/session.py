@@ -318,8 +318,12 @@ class KernelSession:
     def _kernel_active(self) -> bool:
         return self._current is not None or self._busy_starting
 
-    def set_status(self, status: SessionStatus, reason: str | None) -> None:
-        """Apply a status change and tell the client (no-op if unchanged)."""
+    def set_status(self, status: SessionStatus, reason: str | None, *, wake: bool = True) -> None:
+        """Apply a status change and tell the client (no-op if unchanged).
+
+        With ``wake=False`` the event is queued and goes out with the next
+        wake-up of the client (the iopub reader's, at the end of its batch).
+        """
         if not self.tracker.transition(status, trio.current_time()):
             return
         logger.debug("%r: status %s (%s)", self, status.value, reason)
@@ -327,13 +331,13 @@ class KernelSession:
             self._clear_queue("the kernel exited")
         if status in (SessionStatus.IDLE, SessionStatus.READY, SessionStatus.EXITED):
             self._on_activity()
-        self.emit_event({"status": {"status": status.value, "reason": reason}})
+        self.emit_event({"status": {"status": status.value, "reason": reason}}, wake=wake)
 
     # --------------------------------------------------------------- to client
 
-    def emit_event(self, event: dict[str, Any]) -> None:
+    def emit_event(self, event: dict[str, Any], *, wake: bool = True) -> None:
         """Queue a ``kind: kernel`` event for the client."""
-        self._put(orjson.dumps({"kind": "kernel", **event}), droppable=False)
+        self._put(orjson.dumps({"kind": "kernel", **event}), droppable=False, wake=wake)
 
     def _put(self, frame: bytes, *, droppable: bool, wake: bool = True) -> None:
         self.outbox.put(frame, droppable=droppable)
@@ -876,15 +880,20 @@ class KernelSession:
                 if msg_type == "status":
                     if msg.parent_msg_id in inc.internal:
                         continue
-                    idle = _execution_state(msg) == "idle"
+                    state = _execution_state(msg)
+                    idle = state == "idle"
                     if idle and msg.parent_msg_id != inc.last_shell_reply_to:
                         await self._let_reply_through(inc)
-                    self._on_kernel_status(msg)
+                    self._on_kernel_status(state, msg.parent_msg_type)
                     self._forward("iopub", msg, wake=False)
-                    queued = self.execution_queue.active is not None or len(self.execution_queue)
-                    if queued and idle:
+                    if idle:
+                        # The client hears "idle" before any bookkeeping
+                        # (reading the kernel's cwd takes ~100 us).
                         self._wake_client()
-                        await self._release_next_execution(inc)
+                        if msg.parent_msg_type == "execute_request":
+                            self._check_working_directory()
+                        if self.execution_queue.active is not None or len(self.execution_queue):
+                            await self._release_next_execution(inc)
                 elif msg_type != "iopub_welcome":
                     self._forward("iopub", msg, droppable=msg_type in _DROPPABLE_IOPUB, wake=False)
             self._wake_client()
@@ -906,15 +915,13 @@ class KernelSession:
         await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _on_kernel_status(self, msg: WireMessage) -> None:
-        state = _execution_state(msg)
-        reason = msg.parent_msg_type
+    def _on_kernel_status(self, state: str | None, reason: str | None) -> None:
+        # Queued without a wake-up: the event and the status message itself
+        # go out together, in one write.
         if state == "busy":
-            self.set_status(SessionStatus.BUSY, reason)
+            self.set_status(SessionStatus.BUSY, reason, wake=False)
         elif state == "idle":
-            self.set_status(SessionStatus.IDLE, reason)
-            if reason == "execute_request":
-                self._check_working_directory()
+            self.set_status(SessionStatus.IDLE, reason, wake=False)
 
     async def _read_replies(self, inc: _Incarnation, channel: str) -> None:
         sock = _socket_for(inc, channel)
