@@ -28,7 +28,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import psutil
 import pytest
 import trio
 import trio_websocket
@@ -42,7 +41,11 @@ from wsproto.events import (
     TextMessage,
 )
 
-from tests.integration.helpers import MARKER_VAR, REPO_ROOT, kill_tree, session_body
+from tests.integration.helpers import (
+    MARKER_VAR,
+    REPO_ROOT,
+    session_body,
+)
 from tests.integration.server_process import UnixHTTPConnection
 
 pytestmark = pytest.mark.integration
@@ -146,30 +149,6 @@ class ChannelServer:
         assert status == 200, body
         result: dict[str, Any] = json.loads(body)
         return result
-
-
-@pytest.fixture(scope="module")
-def marker() -> Iterator[str]:
-    value = uuid.uuid4().hex
-    yield value
-    # Nothing we started may outlive the module.
-    leftovers = _marked(value)
-    if leftovers:
-        kill_tree(leftovers)
-    assert not leftovers, f"processes left behind: {leftovers}"
-
-
-def _marked(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if (
-                proc.pid != os.getpid()
-                and proc.status() != psutil.STATUS_ZOMBIE
-                and proc.environ().get(MARKER_VAR) == marker
-            ):
-                found.append(proc)
-    return found
 
 
 @pytest.fixture(scope="module", params=["tcp", "socket"])

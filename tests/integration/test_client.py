@@ -33,22 +33,12 @@ from kallichore.client import (
 )
 from kallichore.client._models import SessionStatus
 from tests.integration.helpers import REPO_ROOT, session_body
-from tests.integration.test_channels import ChannelServer, _marked, kill_tree
+from tests.integration.test_channels import ChannelServer
 
 pytestmark = pytest.mark.integration
 
 #: Bound on one CLI invocation.
 CLI_TIMEOUT = 60.0  # seconds
-
-
-@pytest.fixture(scope="module")
-def marker() -> Iterator[str]:
-    value = uuid.uuid4().hex
-    yield value
-    leftovers = _marked(value)
-    if leftovers:
-        kill_tree(leftovers)
-    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 @pytest.fixture(scope="module", params=["tcp", "socket"])
