@@ -199,16 +199,23 @@ async def serve_http(
                     taken.discard(scope)
             if http_stream is None:
                 return
-        if priority is not None:
-            http_stream = _PriorityStream(http_stream, priority)
         state = ConnectionState(lifespan_state.copy())
-        await TCPServer(asgi, config, context, state, http_stream)  # type: ignore[arg-type]
+        if priority is None:
+            await TCPServer(asgi, config, context, state, http_stream)  # type: ignore[arg-type]
+            return
+        priority_stream = _PriorityStream(http_stream, priority)
+        try:
+            await TCPServer(asgi, config, context, state, priority_stream)  # type: ignore[arg-type]
+        finally:
+            priority_stream.unwatch()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
             trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener.sock))
+            if priority is not None:
+                priority.watch(listener.sock.fileno())
             bind = repr_socket_addr(listener.sock.family, listener.sock.getsockname())
             task_status.started([f"http://{bind}"])
             try:
@@ -228,6 +235,8 @@ async def serve_http(
                 if others is not None:
                     raise others from None
             finally:
+                if priority is not None:
+                    priority.unwatch(listener.sock.fileno())
                 stopping = True
                 for scope in taken:
                     scope.cancel()
@@ -237,11 +246,15 @@ async def serve_http(
         lifespan_nursery.cancel_scope.cancel()
 
 
+#: How h11 ends a chunked body.
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
 class _PriorityStream(trio.abc.HalfCloseableStream):
     """A connection's stream for hypercorn, marking requests in flight.
 
     A request is in flight from the read that brings its first bytes to the
-    write of its response; that covers hypercorn's parsing and writing as
+    write that ends its response; that covers hypercorn's parsing and writing as
     well as the app. Has ``socket`` and no ``do_handshake``, as hypercorn
     expects of a plain TCP or Unix stream.
     """
@@ -250,20 +263,63 @@ class _PriorityStream(trio.abc.HalfCloseableStream):
         self._stream = stream
         self._priority = priority
         self._in_flight = False
+        # Whether the head of the current request's response has been written.
+        self._head_sent = False
+        # After a 101 the connection carries a WebSocket: no more requests.
+        self._upgraded = False
         self.socket = stream.socket
+        self._fd: int | None = stream.socket.fileno()
+        priority.watch(self._fd)
+
+    def unwatch(self) -> None:
+        """Stop looking for arrivals on this connection (idempotent)."""
+        if self._fd is not None:
+            self._priority.unwatch(self._fd)
+            self._fd = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         data = bytes(await self._stream.receive_some(max_bytes))
-        if data and not self._in_flight:
+        if data and not self._in_flight and not self._upgraded:
             self._in_flight = True
             self._priority.begin()
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        ended = self._ends_response(bytes(data[:12]), len(data))
         try:
             await self._stream.send_all(data)
-        finally:
+        except BaseException:
             self._done()
+            raise
+        if ended:
+            self._done()
+
+    def _ends_response(self, head: bytes, size: int) -> bool:
+        """Whether this write (its first bytes, its size) ends the response.
+
+        h11 writes a response in pieces: the head, each piece of body, and
+        the end of the message, which is ``b""`` for a length-delimited body
+        and the last chunk for a chunked one. hypercorn sends each with its
+        own ``send_all`` and takes a scheduler pass between them, so the
+        request stays in flight until the end, not just the head. A ``101``
+        head is all there is of an upgrade's response; another 1xx head is
+        followed by the real response. A first write that is not HTTP/1
+        (HTTP/2) ends the request at once, so traffic we do not parse never
+        holds the pumps; the priority window bounds everything else.
+        """
+        if not self._in_flight:
+            return False
+        if self._head_sent:
+            return not size or (size == len(_LAST_CHUNK) and head == _LAST_CHUNK)
+        if not head.startswith(b"HTTP/1."):
+            return True
+        status = head[9:12]
+        if status == b"101":
+            self._upgraded = True
+            self.unwatch()
+            return True
+        self._head_sent = not status.startswith(b"1")
+        return False
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -273,9 +329,11 @@ class _PriorityStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         self._done()
+        self.unwatch()
         await self._stream.aclose()
 
     def _done(self) -> None:
         if self._in_flight:
             self._in_flight = False
+            self._head_sent = False
             self._priority.end()

@@ -158,11 +158,13 @@ class SessionRegistry:
         """Measure the sessions that have a client attached (resource sampler).
 
         One session per scheduler pass: psutil takes milliseconds per
-        process tree, and other tasks (REST requests) must not wait for all
-        of them at once.
+        process tree, and other tasks must not wait for all of them at once.
+        Like the output pumps, sampling steps aside while an HTTP request is
+        in flight (:mod:`kallichore.priority`).
         """
         for session in list(self._sessions.values()):
             if session.connected:
+                await self.priority.wait_turn()
                 session.sample_resources(interval_ms)
                 await trio.lowlevel.checkpoint()
 

@@ -110,7 +110,7 @@ KILL_WAIT = 5.0  # seconds
 #: Most iopub messages taken from ZeroMQ per scheduler trip.
 IOPUB_BATCH = 64  # messages
 #: The same, when other tasks are waiting to run.
-IOPUB_BATCH_SHARED = 8  # messages
+IOPUB_BATCH_SHARED = 3  # messages
 #: Longest run of iopub processing between two scheduler passes.
 IOPUB_SLICE = 0.001  # seconds
 #: Resource tree is re-read every this many samples (children come and go).
@@ -852,7 +852,7 @@ class KernelSession:
         priority = self.priority
         flooded = False
         while True:
-            await priority.wait_turn()
+            await priority.wait_turn(busy=flooded)
             # A batch per wake-up: under a flood this is one scheduler trip
             # and one client wake-up per batch, not per message. The batch is
             # small when other tasks are waiting to run (other floods, an HTTP
@@ -864,11 +864,14 @@ class KernelSession:
             flooded = len(batch) >= IOPUB_BATCH_SHARED
             slice_end = time.perf_counter() + IOPUB_SLICE
             for frames in batch:
-                if time.perf_counter() > slice_end:
+                if time.perf_counter() > slice_end or priority.holding():
                     # A batch that takes long (a loaded machine, big messages)
-                    # is finished in slices; nothing is dropped in between.
+                    # is finished in slices, and an HTTP request that arrives
+                    # meanwhile goes first; nothing is dropped in between.
                     self._wake_client()
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    with trio.CancelScope(shield=True):
+                        await trio.lowlevel.checkpoint()
+                        await priority.wait_turn()
                     slice_end = time.perf_counter() + IOPUB_SLICE
                 try:
                     msg = deserializer.receive_frames(frames)

@@ -454,6 +454,26 @@ async def test_flood_arrives_complete_and_in_order(
     assert session.outbox.take_dropped() == 0
 
 
+async def test_an_http_request_in_flight_pauses_a_flood_and_loses_nothing(
+    make_session: Callable[..., KernelSession], registry: SessionRegistry
+) -> None:
+    registry.priority.window = 60.0  # longer than the test: only end() releases
+    session = make_session()
+    frames = Frames(session)
+    await session.start()
+    request = execute_request("flood 20000")
+    await session.send_from_client(request)
+    await frames.wait_for(is_jupyter("stream"))
+    registry.priority.begin()
+    before = len(frames.drain())
+    await trio.sleep(0.3)  # the flood would be thousands of messages further on
+    assert len(frames.drain()) == before, "the pump went on while a request was in flight"
+    registry.priority.end()
+    await frames.wait_for(is_idle(msg_id(request)))
+    texts = [s["content"]["text"] for s in frames.jupyter("stream")]
+    assert texts == [f"{i}\n" for i in range(20000)]
+
+
 async def test_stalled_heartbeat_goes_offline_not_exited(
     make_session: Callable[..., KernelSession],
 ) -> None:
