@@ -41,6 +41,7 @@ from kallichore.api.channel_socket import ChannelSockets, channel_socket_dir
 from kallichore.config import ServerConfig, Transport, idle_shutdown_period
 from kallichore.idle import IdleWatcher
 from kallichore.listener import BoundListener, bind_listener
+from kallichore.memory import MemoryTrimmer
 from kallichore.resources import ResourceSampler
 from kallichore.supervisor.registry import SessionRegistry
 
@@ -82,6 +83,7 @@ class Server:
         registry: every session.
         idle: the idle-shutdown watcher.
         sampler: the resource-sampling clock.
+        trimmer: gives the heap back to the system after output floods.
         shutdown_requested: set once, by whatever asks the server to stop.
         started_at: trio time of start.
         started_wall: wall-clock time of start (UTC).
@@ -101,6 +103,7 @@ class Server:
     sampler: ResourceSampler = attrs.field(init=False)
     # Per-session channel sockets (Unix-socket transport).
     channels: ChannelSockets = attrs.field(init=False)
+    trimmer: MemoryTrimmer = attrs.field(factory=MemoryTrimmer)
 
     def __attrs_post_init__(self) -> None:
         self.channels = ChannelSockets(
@@ -169,6 +172,7 @@ async def serve(
             await root.start(server.channels.run)
             root.start_soon(server.idle.run)
             root.start_soon(server.sampler.run)
+            root.start_soon(server.trimmer.run)
             async with trio.open_nursery() as http:
                 await http.start(
                     partial(
