@@ -33,10 +33,48 @@ def _with_time_limit(
     return wrapper
 
 
+def _async_fixtures_not_asked_for(item: pytest.Function) -> list[str]:
+    """Async fixtures ``item`` uses that pytest-trio will silently not run.
+
+    pytest-trio runs the async fixtures it finds by following the test's
+    arguments and their fixtures' arguments; an async fixture that is only
+    ``autouse`` (or in ``usefixtures``) is never set up nor torn down
+    (pytest-trio issue 123).
+    """
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # pytest internals changed: nothing to check with
+        return []
+    defs = info.name2fixturedefs
+    reached: set[str] = set()
+    todo = list(info.argnames)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            for fixturedef in defs.get(name, ()):
+                todo.extend(fixturedef.argnames)
+    return [
+        name
+        for name in item.fixturenames
+        if name not in reached
+        and any(
+            inspect.iscoroutinefunction(d.func) or inspect.isasyncgenfunction(d.func)
+            for d in defs.get(name, ())[-1:]
+        )
+    ]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not isinstance(item, pytest.Function):
             continue
+        unrun = _async_fixtures_not_asked_for(item)
+        if unrun:
+            raise pytest.UsageError(
+                f"{item.nodeid}: pytest-trio would not run the async fixture(s) "
+                f"{', '.join(unrun)} (autouse or usefixtures); make them synchronous "
+                "or ask for them as arguments"
+            )
         if not inspect.iscoroutinefunction(item.obj):
             continue
         marker = item.get_closest_marker("time_limit")

@@ -213,7 +213,11 @@ class KernelServer:
                 return None
             return data if data.get("port") else None
 
-        details = wait_for(ready, SERVER_READY_TIMEOUT, what="the server's connection file")
+        try:
+            details = wait_for(ready, SERVER_READY_TIMEOUT, what="the server's connection file")
+        except BaseException:
+            self.stop()  # a server that never got ready must not outlive the test
+            raise
         self.port = int(details["port"])
         return self
 
