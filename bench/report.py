@@ -63,6 +63,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         row["status_ms"] = {
             "median": med(stt), "p95": pct(stt, 0.95), "p99": pct(stt, 0.99), "n": len(stt),
             "flood_msgs_per_s": med([r["flood_msgs_per_s"] for r in raw["status"].get(name, [])]),
+            "peak_rss_mb": med([r["peak_rss_mb"] for r in raw["status"].get(name, [])
+                                if r.get("peak_rss_mb") is not None]),
+            "rss_after_mb": med([r["rss_after_mb"] for r in raw["status"].get(name, [])
+                                 if r.get("rss_after_mb") is not None]),
         }
         s[name] = row
     return s
@@ -166,6 +170,10 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], tgts: list[dict[st
     line("`GET /status` under 5 floods, p99 ms", lambda r: r["status_ms"]["p99"], "{:.1f}")
     line("  (flood delivered meanwhile, msg/s)", lambda r: r["status_ms"]["flood_msgs_per_s"],
          "{:,.0f}")
+    line("server RSS, peak during the 5 floods, MB", lambda r: r["status_ms"]["peak_rss_mb"],
+         "{:.0f}")
+    line("server RSS, 15 s after the floods (sessions deleted), MB",
+         lambda r: r["status_ms"]["rss_after_mb"], "{:.0f}")
 
     out = [f"# Benchmark results ({meta.get('mode', '?')} run, {meta.get('date', '?')})", ""]
     out.append(f"Machine: {meta.get('machine', '?')}; Python {meta.get('python', '?')}; "

@@ -219,6 +219,10 @@ def _flooder(address: Any, kind: str, token_transport: str, ids: list[str], stop
         t.join(timeout=120)
 
 
+#: Seconds after the floods (sessions deleted) at which the server's RSS is taken.
+RSS_SETTLE_S = 15
+
+
 def status_under_flood(system: Kallichore | KernelGateway, sessions: int, requests: int
                        ) -> dict[str, Any]:
     ids = []
@@ -238,6 +242,17 @@ def status_under_flood(system: Kallichore | KernelGateway, sessions: int, reques
     )
     proc.start()
     latencies = []
+    peak_rss = 0
+    sampling = threading.Event()
+
+    def sample_rss() -> None:
+        nonlocal peak_rss
+        while not sampling.wait(0.2):
+            with contextlib.suppress(Exception):
+                peak_rss = max(peak_rss, system.rss() or 0)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     try:
         time.sleep(1.5)  # let the floods get going
         c0 = counts.value
@@ -254,6 +269,17 @@ def status_under_flood(system: Kallichore | KernelGateway, sessions: int, reques
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=10)
+        sampling.set()
+        sampler.join()
         for sid in ids:
             system.remove(sid)
-    return {"latencies": latencies, "flood_msgs_per_s": flood_rate}
+    # Memory the floods left behind, once the sessions are gone (kallichore
+    # gives its heap back within 10 s: kallichore/memory.py).
+    time.sleep(RSS_SETTLE_S)
+    rss_after = system.rss() or 0
+    return {
+        "latencies": latencies,
+        "flood_msgs_per_s": flood_rate,
+        "peak_rss_mb": peak_rss / 1e6,
+        "rss_after_mb": rss_after / 1e6,
+    }
