@@ -18,7 +18,6 @@ there is no ``malloc_trim`` (macOS, musl) the trimmer does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -37,12 +36,13 @@ TRIM_GROWTH = 64 * 1024 * 1024
 
 
 def find_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or ``None`` where the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none.
+
+    Looked up among the symbols the process already has (``dlopen(NULL)``),
+    so no library search (``ctypes.util.find_library`` runs ``ldconfig``).
+    """
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]

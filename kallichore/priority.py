@@ -29,7 +29,6 @@ the pumps again for :data:`ARRIVAL_COOLDOWN`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import select
 from collections.abc import Iterator
 
@@ -89,16 +88,10 @@ class _Readiness:
                 self._poll.unregister(fd)
 
     def any_readable(self) -> bool:
-        try:
-            if self._epoll is not None:
-                events = self._epoll.poll(0, 1)
-                return bool(events)
-            assert self._poll is not None
-            return any(event & select.POLLIN for _, event in self._poll.poll(0))
-        except OSError as exc:  # EINTR: look again next time
-            if exc.errno != errno.EINTR:
-                raise
-            return False
+        if self._epoll is not None:
+            return bool(self._epoll.poll(0, 1))
+        assert self._poll is not None
+        return any(event & select.POLLIN for _, event in self._poll.poll(0))
 
     def close(self) -> None:
         if self._epoll is not None:

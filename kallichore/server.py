@@ -200,6 +200,7 @@ async def serve(
     finally:
         if server is not None:
             server.channels.close_all()
+            server.registry.priority.close()
         listener.close()
 
 
