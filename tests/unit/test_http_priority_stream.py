@@ -36,6 +36,22 @@ async def request(stream: _PriorityStream, peer: trio.SocketStream) -> None:
     await stream.receive_some(65536)
 
 
+async def write(stream: _PriorityStream, *pieces: bytes) -> None:
+    """Write ``pieces`` one ``send_all`` each, as hypercorn does."""
+    for piece in pieces:
+        await stream.send_all(piece)
+
+
+@pytest.fixture
+async def answering(
+    stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
+) -> tuple[_PriorityStream, trio.SocketStream]:
+    """The pair, with a request read and its response not yet written."""
+    stream, peer = stream_and_peer
+    await request(stream, peer)
+    return stream, peer
+
+
 async def test_length_delimited_response_ends_at_hypercorns_empty_write(
     stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
 ) -> None:
@@ -55,10 +71,9 @@ async def test_length_delimited_response_ends_at_hypercorns_empty_write(
 
 
 async def test_chunked_response_ends_at_the_last_chunk(
-    stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
+    answering: tuple[_PriorityStream, trio.SocketStream],
 ) -> None:
-    stream, peer = stream_and_peer
-    await request(stream, peer)
+    stream, _peer = answering
     await stream.send_all(b"HTTP/1.1 200 \r\ntransfer-encoding: chunked\r\n\r\n")
     await stream.send_all(b"5\r\n0\r\n\r\n\r\n")  # a chunk whose data looks like an end
     assert in_flight(stream)
@@ -67,23 +82,19 @@ async def test_chunked_response_ends_at_the_last_chunk(
 
 
 async def test_informational_head_is_followed_by_the_response(
-    stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
+    answering: tuple[_PriorityStream, trio.SocketStream],
 ) -> None:
-    stream, peer = stream_and_peer
-    await request(stream, peer)
+    stream, _peer = answering
     await stream.send_all(b"HTTP/1.1 100 \r\n\r\n")
     assert in_flight(stream)
-    await stream.send_all(HEAD_200)
-    await stream.send_all(b"{}")
-    await stream.send_all(b"")
+    await write(stream, HEAD_200, b"{}", b"")
     assert not in_flight(stream)
 
 
 async def test_an_upgrade_ends_the_request_and_marks_nothing_after(
-    stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
+    answering: tuple[_PriorityStream, trio.SocketStream],
 ) -> None:
-    stream, peer = stream_and_peer
-    await request(stream, peer)
+    stream, peer = answering
     await stream.send_all(b"HTTP/1.1 101 \r\nupgrade: websocket\r\n\r\n")
     assert not in_flight(stream)
     await peer.send_all(b"\x81\x02hi")  # WebSocket traffic is not a request
@@ -93,19 +104,17 @@ async def test_an_upgrade_ends_the_request_and_marks_nothing_after(
 
 
 async def test_writes_that_are_not_http1_end_the_request_at_once(
-    stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
+    answering: tuple[_PriorityStream, trio.SocketStream],
 ) -> None:
-    stream, peer = stream_and_peer
-    await request(stream, peer)
+    stream, _peer = answering
     await stream.send_all(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00")  # an HTTP/2 SETTINGS frame
     assert not in_flight(stream)
 
 
 async def test_a_failed_write_ends_the_request(
-    stream_and_peer: tuple[_PriorityStream, trio.SocketStream],
+    answering: tuple[_PriorityStream, trio.SocketStream],
 ) -> None:
-    stream, peer = stream_and_peer
-    await request(stream, peer)
+    stream, peer = answering
     await peer.aclose()
     with pytest.raises(trio.BrokenResourceError):
         await stream.send_all(HEAD_200 * 100_000)  # more than a socket buffer holds
