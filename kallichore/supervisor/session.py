@@ -59,6 +59,7 @@ from kallichore.errors import (
     StartupError,
 )
 from kallichore.priority import RequestPriority
+from kallichore.session.envelope import EnvelopeEncoder
 from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
 from kallichore.session.state import SessionStatus, StatusTracker
@@ -256,6 +257,8 @@ class KernelSession:
     # Woken whenever the outbox gains a frame.
     outbox_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _signer: Signer = attrs.field(init=False, repr=False)
+    # Kernel messages -> client frames (caches the current parent header).
+    _envelopes: EnvelopeEncoder = attrs.field(factory=EnvelopeEncoder, init=False, repr=False)
     _resource_procs: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
     _resource_ticks: int = attrs.field(default=0, init=False)
     # Ports reserved by GET connection_info for a kernel not started by us.
@@ -366,38 +369,11 @@ class KernelSession:
     def _forward(
         self, channel: str, msg: WireMessage, *, droppable: bool = False, wake: bool = True
     ) -> None:
-        # Content and metadata are spliced into the envelope without being
-        # re-encoded, so they must be valid UTF-8 JSON, or one bad message
-        # would poison every frame after it.
         try:
-            orjson.loads(msg.content)
-            if msg.metadata:
-                orjson.loads(msg.metadata)
-        except orjson.JSONDecodeError as exc:
-            logger.warning(
-                "%r: dropped a %s %s whose content is not valid JSON: %s",
-                self,
-                channel,
-                msg.msg_type,
-                exc,
-            )
+            frame = self._envelopes.encode(channel, msg)
+        except RemoteProtocolError as exc:
+            logger.warning("%r: dropped a %s %s: %s", self, channel, msg.msg_type, exc)
             return
-        header = {"msg_id": msg.msg_id, "msg_type": msg.msg_type}
-        parent_id = msg.parent_msg_id
-        parent: dict[str, str] | None = (
-            {"msg_id": parent_id, "msg_type": msg.parent_msg_type or ""} if parent_id else None
-        )
-        frame = orjson.dumps(
-            {
-                "kind": "jupyter",
-                "header": header,
-                "parent_header": parent,
-                "channel": channel,
-                "content": orjson.Fragment(msg.content),
-                "metadata": orjson.Fragment(msg.metadata or b"{}"),
-                "buffers": [base64.b64encode(b).decode("ascii") for b in msg.buffers],
-            }
-        )
         self._put(frame, droppable=droppable, wake=wake)
 
     def _clear_queue(self, why: str) -> None:

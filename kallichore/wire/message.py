@@ -132,10 +132,16 @@ def short_msg_id() -> str:
 
 def _format_date(date: datetime) -> str:
     # RFC 3339, UTC, millisecond precision, "Z" suffix: 2026-03-02T10:00:00.123Z
+    # (formatted by hand: half the cost of astimezone + isoformat, and every
+    # request a client sends gets a header).
     if date.tzinfo is None or date.utcoffset() is None:
         raise LocalProtocolError("header date must be timezone-aware")
-    naive_utc = date.astimezone(UTC).replace(tzinfo=None)
-    return naive_utc.isoformat(timespec="milliseconds") + "Z"
+    if date.tzinfo is not UTC:
+        date = date.astimezone(UTC)
+    return (
+        f"{date.year:04d}-{date.month:02d}-{date.day:02d}T{date.hour:02d}:{date.minute:02d}:"
+        f"{date.second:02d}.{date.microsecond // 1000:03d}Z"
+    )
 
 
 def new_header(
