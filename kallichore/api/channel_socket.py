@@ -18,7 +18,7 @@ and the client opens its WebSocket there.
 * **Connections:** any number, one after another or overlapping; each new
   one takes the session over from the previous client. No authentication:
   the file mode is the access control, as in Kallichore.
-* **Handshake detection** (:func:`open_server_websocket`): a connection that
+* **Handshake detection** (:func:`accept_websocket`): a connection that
   starts with ``GET `` is an HTTP/1.1 upgrade (path and headers other than
   ``Sec-WebSocket-Key`` ignored, as Positron asks for ``/api/channels/<id>``);
   anything else, or nothing within :data:`PEEK_TIMEOUT`, is taken as raw
@@ -27,7 +27,7 @@ and the client opens its WebSocket there.
   to the WebSocket.
 
 The WebSocket itself is a
-:class:`~kallichore.api.stream_websocket.WsprotoChannelConnection` (shared
+:class:`~kallichore.api.stream_websocket.StreamChannelConnection` (shared
 with TCP channel upgrades) served by
 :func:`~kallichore.api.websocket.serve_channel`.
 """
@@ -42,12 +42,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 import trio
-from wsproto.connection import Connection, ConnectionType
 
 from kallichore.api.stream_websocket import (
     MAX_MESSAGE_BYTES,
     RECEIVE_SIZE,
-    WsprotoChannelConnection,
+    StreamChannelConnection,
     upgrade_response,
 )
 from kallichore.api.websocket import serve_channel
@@ -62,8 +61,8 @@ __all__ = [
     "HEAD_TIMEOUT",
     "PEEK_TIMEOUT",
     "ChannelSockets",
+    "accept_websocket",
     "channel_socket_dir",
-    "open_server_websocket",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,10 +96,11 @@ def _websocket_key(head: bytes) -> bytes | None:
     return None
 
 
-async def open_server_websocket(stream: trio.abc.Stream) -> Connection | None:
-    """Detect how a client speaks on a channel socket; return a server WebSocket.
+async def accept_websocket(stream: trio.abc.Stream) -> bytes | None:
+    """Detect how a client speaks on a channel socket and complete its handshake.
 
-    Returns ``None`` (the caller closes the stream) when the client hung up
+    Returns the bytes the client sent past its handshake (the start of its
+    WebSocket frames), or ``None`` (the caller closes the stream) when the client hung up
     before 4 bytes, sent an upgrade without ``Sec-WebSocket-Key``, or did
     not finish its request head within :data:`HEAD_TIMEOUT`.
     """
@@ -113,7 +113,7 @@ async def open_server_websocket(stream: trio.abc.Stream) -> Connection | None:
                 return None
             buffer += chunk
     if not buffer.startswith(b"GET "):
-        return Connection(ConnectionType.SERVER, trailing_data=bytes(buffer))
+        return bytes(buffer)
     with trio.move_on_at(deadline):
         while (end := _HEAD_END.search(buffer)) is None:
             if len(buffer) > MAX_HEAD_BYTES:
@@ -128,7 +128,7 @@ async def open_server_websocket(stream: trio.abc.Stream) -> Connection | None:
             logger.info("Channel socket: upgrade request without Sec-WebSocket-Key; closing")
             return None
         await stream.send_all(upgrade_response(key))
-        return Connection(ConnectionType.SERVER, trailing_data=bytes(buffer[end.end() :]))
+        return bytes(buffer[end.end() :])
     logger.info("Channel socket: no complete request head within %g s; closing", HEAD_TIMEOUT)
     return None
 
@@ -263,14 +263,16 @@ class ChannelSockets:
         session = listener.session
         try:
             try:
-                ws = await open_server_websocket(stream)
+                initial = await accept_websocket(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                ws = None
-            if ws is None:
+                initial = None
+            if initial is None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 return
-            conn = WsprotoChannelConnection(stream, ws, max_message_bytes=self.max_message_bytes)
+            conn = StreamChannelConnection(
+                stream, initial=initial, max_message_bytes=self.max_message_bytes
+            )
             logger.info("%r: client connected on %s", session, listener.path)
             try:
                 await serve_channel(session, conn, socket_path=listener.path)

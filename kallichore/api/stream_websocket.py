@@ -2,45 +2,56 @@
 
 Channel WebSockets do not go through the ASGI stack: the per-session Unix
 sockets (:mod:`kallichore.api.channel_socket`) and TCP channel upgrades
-(:mod:`kallichore.api.tcp_channels`) both hand the stream to
-:class:`WsprotoChannelConnection`, which satisfies
+(:mod:`kallichore.api.tcp_channels`) both hand the stream, after the opening
+handshake, to :class:`StreamChannelConnection`, which satisfies
 :class:`~kallichore.api.websocket.ChannelConnection`.
 
 Why not hypercorn's WebSocket: it turns every message into an ASGI event, a
 wsproto encode and its own ``send()`` system call. Under a flood of kernel
 output that path was half of the server's CPU. Here a batch of frames is
-one buffer and usually one system call (:meth:`WsprotoChannelConnection.send_frames`).
+one buffer and usually one system call (:meth:`StreamChannelConnection.send_frames`),
+and the client's frames are read by :class:`~kallichore.api.ws_frames.FrameReader`
+(see there for why not wsproto).
+
+The closing handshake (RFC 6455 section 7): whoever closes first sends a
+close frame and waits for the other's; a close frame received while open
+is answered once delivery has stopped (:meth:`StreamChannelConnection.aclose`).
+A client that breaks the protocol gets a close frame with the code that
+says why (1002, 1007, 1009) and the connection is dropped without waiting.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import enum
 import hashlib
 import os
-from collections import deque
 from collections.abc import Sequence
 
 import trio
-from wsproto.connection import Connection, ConnectionState
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    Pong,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError
 
 from kallichore.api.websocket import ChannelClosedError
+from kallichore.api.ws_frames import (
+    OP_PING,
+    OP_PONG,
+    Close,
+    FrameError,
+    FrameReader,
+    Message,
+    Ping,
+    Pong,
+    close_frame,
+    control_frame,
+    text_frame_head,
+)
 
 __all__ = [
     "CLOSE_TIMEOUT",
     "MAX_MESSAGE_BYTES",
     "RECEIVE_SIZE",
     "WRITE_CHUNK",
-    "WsprotoChannelConnection",
+    "StreamChannelConnection",
     "upgrade_response",
 ]
 
@@ -52,6 +63,8 @@ CLOSE_TIMEOUT = 2.0  # seconds
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes
 #: Data frames gathered into one write (a batch stops at the first frame past it).
 WRITE_CHUNK = 64 * 1024  # bytes
+#: Close code of a normal closure.
+NORMAL_CLOSURE = 1000
 
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -70,24 +83,12 @@ def upgrade_response(key: bytes) -> bytes:
     )
 
 
-def _text_frame_head(length: int) -> bytes:
-    """The head of an unmasked, final text frame carrying ``length`` bytes."""
-    if length < 126:
-        return _SMALL_TEXT_HEADS[length]
-    if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big")
-    return b"\x81\x7f" + length.to_bytes(8, "big")
-
-
-_SMALL_TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
-
-
 def _encode_batch(frames: Sequence[bytes]) -> tuple[int, bytes]:
     """The first frames (at least one, about :data:`WRITE_CHUNK` bytes) as text frames."""
     parts: list[bytes] = []
     size = count = 0
     for frame in frames:
-        parts.append(_text_frame_head(len(frame)))
+        parts.append(text_frame_head(len(frame)))
         parts.append(frame)
         count += 1
         size += len(frame)
@@ -96,38 +97,55 @@ def _encode_batch(frames: Sequence[bytes]) -> tuple[int, bytes]:
     return count, b"".join(parts)
 
 
-class WsprotoChannelConnection:
+class _State(enum.Enum):
+    OPEN = "open"
+    #: We sent a close frame and wait for the client's.
+    LOCAL_CLOSING = "local closing"
+    #: The client sent a close frame; ours is still to be sent.
+    REMOTE_CLOSING = "remote closing"
+    CLOSED = "closed"
+
+
+class StreamChannelConnection:
     """A server-side WebSocket on a byte stream, for :func:`serve_channel`.
 
     Writes are serialised by a lock (trio-websocket's ``_send``); reading
     happens only in :meth:`receive`, which also answers pings and counts
     pongs whose payload is an 8-byte counter.
 
-    Data frames (:meth:`send_frames`) bypass wsproto: a server frame with no
-    extension negotiated is a two-to-ten-byte head and the payload, so a
-    whole batch becomes one buffer and, usually, one ``send`` system call.
-    Control frames (ping, pong, close) still go through wsproto.
+    Data frames (:meth:`send_frames`) are a two-to-ten-byte head and the
+    payload (no extension is ever agreed), so a whole batch becomes one
+    buffer and, usually, one ``send`` system call.
+
+    Args:
+        stream: the connection, after the opening handshake.
+        initial: bytes already read past the handshake.
+        max_message_bytes: the largest message the client may send; a
+            larger one closes the connection with code 1009.
     """
 
     def __init__(
-        self, stream: trio.abc.Stream, ws: Connection, *, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        stream: trio.abc.Stream,
+        *,
+        initial: bytes = b"",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._stream = stream
         # Written to directly when the stream is a socket stream, so that a
         # short write tells us how much went out (SocketStream.send_all would
         # not); any other stream gets send_all.
         self._socket: trio.socket.SocketType | None = getattr(stream, "socket", None)
-        self._ws = ws
-        self._max_message_bytes = max_message_bytes
+        self._reader = FrameReader(max_message_bytes, initial)
+        self._state = _State.OPEN
         self._send_lock = trio.StrictFIFOLock()
         # Bytes of frames already committed to the client but not yet written
         # (a short write); they go out before anything else.
         self._unwritten = memoryview(b"")
-        self._inbox: deque[str | bytes] = deque()
-        self._parts: list[str | bytes] = []
-        self._size = 0
         self._pongs = 0
         self._eof = False
+        # Set when the client broke the protocol: nothing more is read.
+        self._failed = False
 
     @property
     def pongs_received(self) -> int | None:
@@ -175,14 +193,10 @@ class WsprotoChannelConnection:
             async with self._send_lock:
                 await self._flush_unwritten()
 
-    async def _send(self, event: Event) -> None:
+    async def _send_control(self, frame: bytes) -> None:
         async with self._send_lock:
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError as exc:
-                raise ChannelClosedError(str(exc)) from None
             await self._flush_unwritten()
-            self._unwritten = memoryview(data)
+            self._unwritten = memoryview(frame)
             await self._flush_unwritten()
 
     async def send_frames(self, frames: Sequence[bytes]) -> int:
@@ -204,8 +218,8 @@ class WsprotoChannelConnection:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if self._ws.state is not ConnectionState.OPEN:
-                raise ChannelClosedError(f"the WebSocket is {self._ws.state.name.lower()}")
+            if self._state is not _State.OPEN:
+                raise ChannelClosedError(f"the WebSocket is {self._state.value}")
             await self._flush_unwritten()
             count, data = _encode_batch(frames)
             written = await self._write(data)
@@ -230,7 +244,7 @@ class WsprotoChannelConnection:
             sock is None
             or self._unwritten
             or self._send_lock.locked()
-            or self._ws.state is not ConnectionState.OPEN
+            or self._state is not _State.OPEN
         ):
             return 0
         fd = sock.fileno()
@@ -249,72 +263,71 @@ class WsprotoChannelConnection:
         return bool(self._unwritten)
 
     async def send_ping(self, payload: bytes) -> None:
-        await self._send(Ping(payload=payload))
+        if self._state is not _State.OPEN:
+            raise ChannelClosedError(f"the WebSocket is {self._state.value}")
+        await self._send_control(control_frame(OP_PING, payload))
 
     async def receive(self) -> str | bytes | None:
+        reader = self._reader
         while True:
-            if self._inbox:
-                return self._inbox.popleft()
-            # Keep reading while our own Close awaits its answer (LOCAL_CLOSING).
-            if self._eof or self._ws.state in (
-                ConnectionState.REMOTE_CLOSING,
-                ConnectionState.CLOSED,
-            ):
+            # Keep reading while our own close awaits its answer (LOCAL_CLOSING).
+            if self._eof or self._failed or self._state in (_State.REMOTE_CLOSING, _State.CLOSED):
                 return None
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                self._eof = True
-                self._ws.receive_data(None)
-            else:
-                self._ws.receive_data(bytes(data))
-            await self._handle_events()
-
-    async def _handle_events(self) -> None:
-        for event in self._ws.events():
-            if isinstance(event, TextMessage | BytesMessage):
-                self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
-                self._size += len(event.data)
-                if self._size > self._max_message_bytes:
-                    with contextlib.suppress(ChannelClosedError):
-                        await self._send(CloseConnection(code=1009, reason="message too big"))
+                event = reader.next_event()
+            except FrameError as exc:
+                await self._fail(exc)
+                return None
+            if event is None:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
                     self._eof = True
-                    return
-                if event.message_finished:
-                    if isinstance(event, TextMessage):
-                        self._inbox.append("".join(p for p in self._parts if isinstance(p, str)))
-                    else:
-                        self._inbox.append(b"")  # binary frames are ignored
-                    self._parts.clear()
-                    self._size = 0
+                else:
+                    reader.feed(data)
+            elif isinstance(event, Message):
+                # Binary frames are ignored by the bridge; their bytes need not travel.
+                return event.data if isinstance(event.data, str) else b""
             elif isinstance(event, Ping):
-                with contextlib.suppress(ChannelClosedError):
-                    await self._send(event.response())
+                if self._state is _State.OPEN:
+                    with contextlib.suppress(ChannelClosedError):
+                        await self._send_control(control_frame(OP_PONG, event.payload))
             elif isinstance(event, Pong):
                 if len(event.payload) == 8:
                     self._pongs = max(self._pongs, int.from_bytes(event.payload, "big"))
-            elif isinstance(event, CloseConnection):
+            elif isinstance(event, Close):
                 # Answered in aclose(), after delivery has stopped.
-                return
+                self._state = (
+                    _State.CLOSED if self._state is _State.LOCAL_CLOSING else _State.REMOTE_CLOSING
+                )
+
+    async def _fail(self, error: FrameError) -> None:
+        """The client broke the protocol: say why (best effort) and stop reading."""
+        self._failed = True
+        if self._state in (_State.OPEN, _State.REMOTE_CLOSING):
+            self._state = _State.CLOSED
+            with contextlib.suppress(ChannelClosedError):
+                await self._send_control(close_frame(error.code, error.reason))
 
     async def aclose(self) -> None:
         """Closing handshake (bounded), then close the stream.
 
         **Cancellation:** runs shielded; bounded by :data:`CLOSE_TIMEOUT`.
         """
-        with (
-            trio.CancelScope(shield=True),
-            trio.move_on_after(CLOSE_TIMEOUT),
-            contextlib.suppress(ChannelClosedError),
-        ):
-            if self._ws.state is ConnectionState.OPEN:
-                await self._send(CloseConnection(code=1000))
-                # Wait for the client's Close (or EOF); ignore late messages.
-                while await self.receive() is not None:
-                    pass
-            elif self._ws.state is ConnectionState.REMOTE_CLOSING:
-                await self._send(CloseConnection(code=1000))
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                if self._state is _State.OPEN:
+                    self._state = _State.LOCAL_CLOSING
+                    await self._send_control(close_frame(NORMAL_CLOSURE))
+                    # Wait for the client's close (or EOF); ignore late messages.
+                    while await self.receive() is not None:
+                        pass
+                elif self._state is _State.REMOTE_CLOSING:
+                    self._state = _State.CLOSED
+                    await self._send_control(close_frame(NORMAL_CLOSURE))
+            except ChannelClosedError:
+                pass
         with trio.CancelScope(shield=True):
             await self._stream.aclose()

@@ -6,7 +6,7 @@ hypercorn sees it (the ``take_connection`` hook of
 If that is a WebSocket upgrade of ``GET /sessions/{id}/channels`` that the
 app would accept (a valid token, a session that exists, a well-formed RFC
 6455 request), it answers ``101`` itself and runs the channel bridge on the
-stream with :class:`~kallichore.api.stream_websocket.WsprotoChannelConnection`,
+stream with :class:`~kallichore.api.stream_websocket.StreamChannelConnection`,
 the same connection class as the per-session Unix sockets: batched writes,
 one system call per batch, and the 8-byte-counter pings of Kallichore.
 
@@ -29,10 +29,9 @@ from urllib.parse import unquote
 import attrs
 import h11
 import trio
-from wsproto.connection import Connection, ConnectionType
 
 from kallichore.api.auth import authorized
-from kallichore.api.stream_websocket import RECEIVE_SIZE, WsprotoChannelConnection, upgrade_response
+from kallichore.api.stream_websocket import RECEIVE_SIZE, StreamChannelConnection, upgrade_response
 from kallichore.api.websocket import serve_channel
 from kallichore.errors import SessionNotFoundError
 
@@ -167,9 +166,8 @@ class TcpChannelUpgrades:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 return
-            ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
-            conn = WsprotoChannelConnection(
-                stream, ws, max_message_bytes=self.server.config.max_message_bytes
+            conn = StreamChannelConnection(
+                stream, initial=trailing, max_message_bytes=self.server.config.max_message_bytes
             )
             logger.info("%r: client connected over TCP", session)
             try:

@@ -1,7 +1,7 @@
-"""WsprotoChannelConnection's batched writes, over a real socket pair.
+"""StreamChannelConnection over a real socket pair: batched writes, reading, closing.
 
 The client side is wsproto, so every byte the connection writes by hand is
-checked by an independent parser.
+checked by an independent parser, and every frame it reads was made by one.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import trio
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import CloseConnection, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from kallichore.api.stream_websocket import WRITE_CHUNK, WsprotoChannelConnection
+from kallichore.api.stream_websocket import WRITE_CHUNK, StreamChannelConnection
 from kallichore.api.websocket import ChannelClosedError
 
 _STREAMS: list[trio.SocketStream] = []
@@ -31,10 +31,10 @@ def close_streams() -> Iterator[None]:
             os.close(fd)
 
 
-async def pair() -> tuple[WsprotoChannelConnection, trio.SocketStream]:
+async def pair() -> tuple[StreamChannelConnection, trio.SocketStream]:
     a, b = (trio.SocketStream(s) for s in trio.socket.socketpair())
     _STREAMS.extend((a, b))
-    return WsprotoChannelConnection(a, Connection(ConnectionType.SERVER)), b
+    return StreamChannelConnection(a), b
 
 
 class Peer:
@@ -70,7 +70,7 @@ def frame(i: int, size: int) -> bytes:
     return head + b"x" * max(0, size - len(head) - 2) + b'"}'
 
 
-async def send_all(conn: WsprotoChannelConnection, frames: list[bytes]) -> None:
+async def send_all(conn: StreamChannelConnection, frames: list[bytes]) -> None:
     sent = 0
     while sent < len(frames):
         sent += await conn.send_frames(frames[sent:])
@@ -188,3 +188,99 @@ async def test_write_now_waits_for_a_writer_holding_the_lock() -> None:
         if not conn.write_now([frame(0, 100_000)]):
             break
     assert conn.write_now([b"{}"]) == 0
+
+
+# -- reading the client's frames ---------------------------------------------------
+
+
+async def read_events(stream: trio.SocketStream, ws: Connection) -> list[object]:
+    """Everything the server writes until it closes the stream."""
+    events: list[object] = []
+    while data := await stream.receive_some(1 << 16):
+        ws.receive_data(data)
+        events.extend(ws.events())
+    return events
+
+
+async def test_receive_answers_pings_counts_pongs_and_returns_texts() -> None:
+    conn, stream = await pair()
+    client = Connection(ConnectionType.CLIENT)
+    await stream.send_all(
+        client.send(Ping(payload=b"abc"))
+        + client.send(Pong(payload=(5).to_bytes(8, "big")))
+        + client.send(TextMessage(data="hé", message_finished=False))
+        + client.send(TextMessage(data="llo"))
+        + client.send(BytesMessage(data=b"\x00" * 10))
+    )
+    assert await conn.receive() == "héllo"
+    assert await conn.receive() == b""  # binary: ignored by the bridge, so not carried
+    assert conn.pongs_received == 5
+    client.receive_data(await stream.receive_some(1 << 16))
+    (pong,) = list(client.events())
+    assert isinstance(pong, Pong)
+    assert pong.payload == b"abc"
+
+
+async def test_bytes_read_with_the_handshake_come_first() -> None:
+    a, b = (trio.SocketStream(s) for s in trio.socket.socketpair())
+    _STREAMS.extend((a, b))
+    client = Connection(ConnectionType.CLIENT)
+    first = client.send(TextMessage(data="first"))
+    conn = StreamChannelConnection(a, initial=first[:3])
+    await b.send_all(first[3:] + client.send(TextMessage(data="second")))
+    assert await conn.receive() == "first"
+    assert await conn.receive() == "second"
+
+
+async def test_a_client_close_is_answered_once_delivery_stops() -> None:
+    conn, stream = await pair()
+    client = Connection(ConnectionType.CLIENT)
+    await stream.send_all(client.send(CloseConnection(code=1001, reason="leaving")))
+    assert await conn.receive() is None
+    with pytest.raises(ChannelClosedError):
+        await conn.send_frames([b"{}"])  # no data after the client's close
+    await conn.aclose()
+    events = await read_events(stream, client)
+    assert [type(e) for e in events] == [CloseConnection]
+    assert events[0].code == 1000
+
+
+async def test_aclose_waits_for_the_clients_close() -> None:
+    conn, stream = await pair()
+    client = Connection(ConnectionType.CLIENT)
+
+    async def answer() -> None:
+        client.receive_data(await stream.receive_some(1 << 16))
+        (close,) = list(client.events())
+        assert isinstance(close, CloseConnection)
+        assert close.code == 1000
+        # A message sent before the client saw our close is read and dropped.
+        late = Connection(ConnectionType.CLIENT).send(TextMessage(data="late"))
+        await stream.send_all(late + client.send(close.response()))
+
+    with trio.fail_after(1):  # well inside CLOSE_TIMEOUT: the answer ends the wait
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer)
+            await conn.aclose()
+    assert await stream.receive_some(1) == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\x81\x02hi", 1002),  # unmasked
+        (b"\x81\x82\x00\x00\x00\x00\xff\xfe", 1007),  # not UTF-8
+        (b"\x81\xfe\x01\x00" + b"\x00" * 4 + b"x" * 256, 1009),  # over the limit of 100
+    ],
+)
+async def test_a_broken_frame_closes_with_its_code_at_once(data: bytes, code: int) -> None:
+    a, b = (trio.SocketStream(s) for s in trio.socket.socketpair())
+    _STREAMS.extend((a, b))
+    conn = StreamChannelConnection(a, max_message_bytes=100)
+    await b.send_all(data)
+    assert await conn.receive() is None
+    with trio.fail_after(1):  # no closing handshake with a client that broke the protocol
+        await conn.aclose()
+    events = await read_events(b, Connection(ConnectionType.CLIENT))
+    assert [type(e) for e in events] == [CloseConnection]
+    assert events[0].code == code
