@@ -100,9 +100,10 @@ async def accept_websocket(stream: trio.abc.Stream) -> bytes | None:
     """Detect how a client speaks on a channel socket and complete its handshake.
 
     Returns the bytes the client sent past its handshake (the start of its
-    WebSocket frames), or ``None`` (the caller closes the stream) when the client hung up
-    before 4 bytes, sent an upgrade without ``Sec-WebSocket-Key``, or did
-    not finish its request head within :data:`HEAD_TIMEOUT`.
+    WebSocket frames), or ``None`` (the caller closes the stream) when the
+    client hung up before 4 bytes, sent an upgrade without
+    ``Sec-WebSocket-Key``, or did not finish its request head within
+    :data:`HEAD_TIMEOUT`.
     """
     deadline = trio.current_time() + HEAD_TIMEOUT
     buffer = bytearray()
