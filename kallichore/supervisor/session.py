@@ -260,6 +260,8 @@ class KernelSession:
     # Kernel messages -> client frames (caches the current parent header).
     _envelopes: EnvelopeEncoder = attrs.field(factory=EnvelopeEncoder, init=False, repr=False)
     _resource_procs: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
+    # The kernel process whose cwd _check_working_directory reads.
+    _cwd_process: psutil.Process | None = attrs.field(default=None, init=False, repr=False)
     _resource_ticks: int = attrs.field(default=0, init=False)
     # Ports reserved by GET connection_info for a kernel not started by us.
     _held_ports: tuple[int, ...] = attrs.field(default=(), init=False)
@@ -947,8 +949,15 @@ class KernelSession:
         pid = self.process_id
         if pid is None:
             return
+        # Runs after every execution, just when the client is likely to send
+        # its next request: a new psutil.Process reads /proc/<pid>/stat
+        # (about 20 us warm, several times that right after a wake-up),
+        # the cached one only reads the cwd link.
+        proc = self._cwd_process
         try:
-            cwd = psutil.Process(pid).cwd()
+            if proc is None or proc.pid != pid:
+                proc = self._cwd_process = psutil.Process(pid)
+            cwd = proc.cwd()
         except (psutil.Error, OSError):
             return
         if cwd and cwd != self.working_directory:

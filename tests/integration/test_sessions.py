@@ -246,6 +246,27 @@ def test_execute_sees_environment_and_working_directory(
     assert os.path.realpath(view["cwd"]) == basic["cwd"]
 
 
+def test_working_directory_follows_the_kernel(server: KernelServer, workdir: str) -> None:
+    """After each execution the session reports the kernel's current directory."""
+    first = os.path.realpath(os.path.join(workdir, "cwd-first"))
+    second = os.path.realpath(os.path.join(workdir, "cwd-second"))
+    os.makedirs(first, exist_ok=True)
+    os.makedirs(second, exist_ok=True)
+    server.create_and_start("cwd-follow")
+    with kernel_client(server.connection_info("cwd-follow")) as kc:
+        # The second change is read through the process handle the first made.
+        for target in (first, second):
+            result = execute(kc, f"import os; os.chdir({target!r})")
+            assert result.status == "ok", result
+            wait_for(
+                lambda t=target: server.session("cwd-follow")["working_directory"] == t,
+                10,
+                what=f"working_directory == {target}",
+            )
+    assert server.post("/sessions/cwd-follow/kill").status == 200
+    server.wait_status("cwd-follow", "exited", 10)
+
+
 # ------------------------------------------------------------- 3: restart
 
 
