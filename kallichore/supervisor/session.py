@@ -358,11 +358,14 @@ class KernelSession:
         """
         client = self._client
         writer = client.immediate if client is not None else None
-        if writer is not None and client is not None and len(self.outbox):
-            frames = self.take_frames(client)
-            written = writer.write_now(frames)
-            if written < len(frames):
-                self.requeue(frames[written:])
+        if writer is not None and client is not None:
+            if len(self.outbox):
+                frames = self.take_frames(client)
+                written = writer.write_now(frames)
+                if written < len(frames):
+                    self.requeue(frames[written:])
+            # Nothing left for the delivery task (the frames went out just
+            # now, or earlier in the same batch): let it sleep on.
             if not len(self.outbox) and not writer.needs_flush():
                 return
         self.outbox_changed.set()
