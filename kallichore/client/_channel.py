@@ -52,7 +52,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -72,6 +72,7 @@ from kallichore.client._models import (
     InputRequest,
     KernelEvent,
     Message,
+    SessionStatus,
 )
 from kallichore.client._rest import KallichoreClient
 
@@ -89,6 +90,9 @@ RECONNECT_TIMEOUT = 30.0  # seconds
 RECONNECT_BACKOFF = (0.05, 1.0)  # seconds
 #: Bound on a graceful leave (empty frame, read until Close).
 CLOSE_TIMEOUT = 5.0  # seconds
+#: Bound on letting the frames queued before we attached go by (see
+#: Channel._let_backlog_pass): only a kernel that does not answer waits it out.
+BACKLOG_TIMEOUT = 5.0  # seconds
 #: Per-subscriber buffer; a subscriber that falls further behind loses items.
 SUBSCRIBER_BUFFER = 4096  # items
 
@@ -230,6 +234,8 @@ class Channel:
     _closing: bool = attrs.field(default=False, repr=False)
     _closed_reason: str | None = attrs.field(default=None, repr=False)
     _reader_done: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    # The request that marks the end of the backlog (only while open_channel waits).
+    _fence: _Fence | None = attrs.field(default=None, repr=False)
 
     # ------------------------------------------------------------ actions
 
@@ -505,6 +511,41 @@ class Channel:
         self._ws, self._stream = ws, stream
         self._signal_change()
 
+    async def _let_backlog_pass(self) -> None:
+        """Let the frames queued before we attached go by before our first request.
+
+        While no client is attached the server queues everything for the next
+        one and flushes it, in order, on connect (docs/channels.md). After a
+        restart that includes the old kernel's ``exited``, which would fail
+        whatever request we had sent by then. A ``kernel_info_request`` on the
+        control channel (no execution in progress holds it up) marks the end:
+        the server's queue is first in, first out, so its reply comes after
+        all of the backlog. Its idle status is waited for too (it may come
+        after the reply), so that it does not greet the caller. Skipped when the session has no running kernel
+        (the server would drop the request); a kernel that does not answer
+        is waited for at most :data:`BACKLOG_TIMEOUT`.
+        """
+        try:
+            status = (await self._client.get_session(self.session_id)).status
+        except KallichoreClientError:
+            return
+        if status not in (SessionStatus.READY, SessionStatus.IDLE, SessionStatus.BUSY):
+            return
+        request = self._make("kernel_info_request", {}, channel="control")
+        fence = self._fence = _Fence(str(request["header"]["msg_id"]))
+        try:
+            with trio.move_on_after(BACKLOG_TIMEOUT):
+                await self._send(request)
+                await fence.done.wait()
+            if not fence.done.is_set():
+                logger.info(
+                    "channel %s: no kernel_info_reply and idle within %g s; going on",
+                    self.session_id,
+                    BACKLOG_TIMEOUT,
+                )
+        finally:
+            self._fence = None
+
     async def _reconnect_after_drop(self) -> bool:
         """Reconnect with backoff; ``False`` if we gave up (the channel is finished)."""
         await self._drop_connection()
@@ -580,6 +621,9 @@ class Channel:
         if msg.msg_type in ("comm_open", "comm_msg", "comm_close"):
             await self._route_comm(msg)
         parent = msg.parent_id
+        fence = self._fence
+        if fence is not None and parent == fence.msg_id:
+            fence.saw(msg)
         action = self._actions.get(parent) if parent else None
         if action is None or action.done.is_set():
             return
@@ -758,6 +802,24 @@ def _rejected(exc: trio_websocket.ConnectionRejected) -> KallichoreClientError:
     )
 
 
+@attrs.define(eq=False)
+class _Fence:
+    """A request whose reply and idle status end the backlog."""
+
+    msg_id: str
+    replied: bool = False
+    idle: bool = False
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    def saw(self, msg: Message) -> None:
+        if msg.msg_type.endswith("_reply"):
+            self.replied = True
+        elif msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
+            self.idle = True
+        if self.replied and self.idle:
+            self.done.set()
+
+
 @contextlib.asynccontextmanager
 async def open_channel(
     client: KallichoreClient,
@@ -784,26 +846,62 @@ async def open_channel(
     """
     if not math.isfinite(reconnect_timeout) or reconnect_timeout < 0:
         raise ValueError("reconnect_timeout must be a finite, non-negative number")
-    async with trio.open_nursery() as nursery:
-        channel = Channel(
-            session_id,
-            client=client,
-            nursery=nursery,
-            on_input=on_input,
-            reconnect=reconnect,
-            reconnect_timeout=reconnect_timeout,
-            username=username,
-        )
-        try:
-            await channel._connect()
-        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
-            raise KallichoreClientError(
-                f"cannot open the channel of session {session_id}: {exc}"
-            ) from None
-        nursery.start_soon(channel._reader_task)
-        try:
-            yield channel
-        finally:
-            with trio.CancelScope(shield=True):
-                await channel.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            channel = Channel(
+                session_id,
+                client=client,
+                nursery=nursery,
+                on_input=on_input,
+                reconnect=reconnect,
+                reconnect_timeout=reconnect_timeout,
+                username=username,
+            )
+            try:
+                await channel._connect()
+            except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+                raise KallichoreClientError(
+                    f"cannot open the channel of session {session_id}: {exc}"
+                ) from None
+            nursery.start_soon(channel._reader_task)
+            try:
+                await channel._let_backlog_pass()
+                yield channel
+            finally:
+                with trio.CancelScope(shield=True):
+                    await channel.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # trio wraps whatever leaves a nursery, the caller's own exception
+        # included, in a group: raise the one that matters as it is.
+        _reraise(_one_exception(group))
+
+
+def _one_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception ``open_channel`` should raise for what left its nursery.
+
+    Our own tasks end quietly; trio-websocket's reader task (it runs in our
+    nursery) raises ``ConnectionRejected`` when the server refuses the
+    upgrade, sometimes before our handshake call turns the same refusal
+    into a :class:`KallichoreClientError`, sometimes beside it.
+    """
+    leaves = [exc for exc in group.exceptions if not isinstance(exc, trio.Cancelled)]
+    for exc in leaves:
+        if isinstance(exc, KallichoreClientError):
+            return exc
+    for exc in leaves:
+        if isinstance(exc, trio_websocket.ConnectionRejected):
+            return _rejected(exc)
+    if len(group.exceptions) == 1:
+        return group.exceptions[0]
+    return group
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` from an ``except`` block without chaining the group to it."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context

@@ -31,6 +31,7 @@ from kallichore.client import (
     find_kernelspec,
     open_client,
 )
+from kallichore.client import _channel as channel_module
 from kallichore.client._models import SessionStatus
 from tests.integration.helpers import REPO_ROOT, session_body
 from tests.integration.test_channels import ChannelServer
@@ -231,6 +232,54 @@ async def test_kernel_events_reach_subscribers(server: ChannelServer, shared_ses
     assert states[states.index("busy") :][-1] == "idle"
 
 
+async def test_channel_opened_after_a_restart_is_not_failed_by_the_old_exit(
+    server: ChannelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events queued while no client was attached include the old kernel's
+    ``exited``; they predate the channel's first request and must not fail it."""
+    # A channel on a session without a kernel must not wait for a reply that
+    # cannot come: with this bound, waiting would hang the test (fail_after).
+    monkeypatch.setattr(channel_module, "BACKLOG_TIMEOUT", 3600.0)
+    sid = f"rs-{uuid.uuid4().hex[:8]}"
+    async with _client(server) as client:
+        await _new_python(client, sid)
+        try:
+            await client.restart_session(sid)
+            async with client.open_channel(sid) as channel:
+                result = await channel.execute("print('after restart')")
+                assert result.stdout == "after restart\n"
+            await client.kill_session(sid)
+            for _ in range(100):  # bounded: 10 s
+                if (await client.get_session(sid)).status is SessionStatus.EXITED:
+                    break
+                await trio.sleep(0.1)
+            async with client.open_channel(sid):
+                pass
+            await client.start_session(sid)
+            async with client.open_channel(sid) as channel:
+                result = await channel.execute("print('after kill and start')")
+                assert result.stdout == "after kill and start\n"
+        finally:
+            await client.kill_session(sid)
+
+
+async def test_errors_inside_the_channel_block_are_not_wrapped(
+    server: ChannelServer, shared_session: str
+) -> None:
+    async with _client(server) as client:
+        with pytest.raises(KallichoreClientError) as refused:
+            async with client.open_channel(f"missing-{uuid.uuid4().hex[:8]}"):
+                pass  # pragma: no cover
+        assert refused.value.status in (400, 404)
+
+        class Mine(Exception):
+            pass
+
+        with pytest.raises(Mine):
+            async with client.open_channel(shared_session):
+                raise Mine
+
+
 RECONNECT_CODE = """
 import time
 for i in range(100):
@@ -332,6 +381,23 @@ def test_cli_error_is_one_line(server: ChannelServer) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("kcclient: ")
     assert "Traceback" not in result.stderr
+
+
+def test_cli_execute_after_restart_and_on_an_unknown_session(server: ChannelServer) -> None:
+    sid = f"clr-{uuid.uuid4().hex[:8]}"
+    assert _cli(server, "start", "--id", sid).returncode == 0
+    try:
+        assert _cli(server, "restart", sid).returncode == 0
+        run = _cli(server, "execute", sid, "print('fresh')")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == "fresh\n"
+    finally:
+        assert _cli(server, "kill", sid).returncode == 0
+    missing = _cli(server, "execute", f"missing-{sid}", "1")
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1, missing.stderr
+    assert f"missing-{sid}" in missing.stderr
+    assert "ExceptionGroup" not in missing.stderr
 
 
 def test_cli_shutdown(marker: str) -> None:
