@@ -96,6 +96,10 @@ BACKLOG_TIMEOUT = 5.0  # seconds
 #: Per-subscriber buffer; a subscriber that falls further behind loses items.
 SUBSCRIBER_BUFFER = 4096  # items
 
+#: Session statuses in which there is no kernel to take a request.
+_NO_KERNEL = frozenset({SessionStatus.EXITED, SessionStatus.UNINITIALIZED})
+_NO_KERNEL_STATES = frozenset(status.value for status in _NO_KERNEL)
+
 MessageHandler = Callable[[Message], Awaitable[None] | None]
 InputHandler = Callable[[InputRequest], Awaitable[str] | str]
 CommTargetHandler = Callable[["Comm", Message], Awaitable[None] | None]
@@ -234,6 +238,9 @@ class Channel:
     _closing: bool = attrs.field(default=False, repr=False)
     _closed_reason: str | None = attrs.field(default=None, repr=False)
     _reader_done: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    # Whether the session has a kernel to send requests to: from GET
+    # /sessions/{id} when the channel opens, then from status events.
+    _kernel_running: bool = attrs.field(default=True, repr=False)
     # The request that marks the end of the backlog (only while open_channel waits).
     _fence: _Fence | None = attrs.field(default=None, repr=False)
 
@@ -529,6 +536,7 @@ class Channel:
             status = (await self._client.get_session(self.session_id)).status
         except KallichoreClientError:
             return
+        self._kernel_running = status not in _NO_KERNEL
         if status not in (SessionStatus.READY, SessionStatus.IDLE, SessionStatus.BUSY):
             return
         request = self._make("kernel_info_request", {}, channel="control")
@@ -648,7 +656,10 @@ class Channel:
         if event.name == "clientDisconnected":
             # Another client took the session: do not fight it for the socket.
             self._closed_reason = f"another client took over the session: {event.value}"
+        elif event.name == "status" and isinstance(event.value, dict):
+            self._kernel_running = event.value.get("status") not in _NO_KERNEL_STATES
         elif event.name == "exited":
+            self._kernel_running = False
             for action in list(self._actions.values()):
                 action.fail(ExecutionDroppedError(f"the kernel exited (code {event.value})"))
         elif event.name == "executionsDropped" and isinstance(event.value, dict):
@@ -721,6 +732,7 @@ class Channel:
     # ------------------------------------------------------------ sending
 
     async def _run(self, action: _Action, msg: dict[str, Any]) -> Message:
+        await self._require_kernel()
         self._actions[action.msg_id] = action
         try:
             await self._send(msg)
@@ -731,6 +743,28 @@ class Channel:
             raise action.error
         assert action.reply is not None
         return action.reply
+
+    async def _require_kernel(self) -> None:
+        """Fail a request at once when the session has no kernel.
+
+        The server drops requests for a session without a kernel, so the
+        reply would never come. Status events can trail a start or restart
+        made over REST, so the server is asked before failing.
+
+        Raises:
+            ExecutionDroppedError: the session has exited or was never started.
+        """
+        if self._kernel_running:
+            return
+        try:
+            status = (await self._client.get_session(self.session_id)).status
+        except KallichoreClientError:
+            return  # the send will tell
+        if status in _NO_KERNEL:
+            raise ExecutionDroppedError(
+                f"session {self.session_id} has no running kernel (status: {status.value})"
+            )
+        self._kernel_running = True
 
     async def _send(self, msg: dict[str, Any]) -> None:
         """Send one frame, waiting out a reconnect if one is under way.

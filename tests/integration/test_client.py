@@ -24,6 +24,7 @@ import trio
 
 from kallichore.api.models import ServerConfiguration
 from kallichore.client import (
+    ExecutionDroppedError,
     KallichoreClient,
     KallichoreClientError,
     KernelEvent,
@@ -259,6 +260,30 @@ async def test_channel_opened_after_a_restart_is_not_failed_by_the_old_exit(
             async with client.open_channel(sid) as channel:
                 result = await channel.execute("print('after kill and start')")
                 assert result.stdout == "after kill and start\n"
+        finally:
+            await client.kill_session(sid)
+
+
+async def test_request_to_a_session_without_a_kernel_fails_at_once(
+    server: ChannelServer,
+) -> None:
+    """The server drops a request when the session has no kernel; waiting for
+    its reply would hang, so the channel fails it (and works again after a
+    start, even before the start's status events have reached it)."""
+    sid = f"nk-{uuid.uuid4().hex[:8]}"
+    async with _client(server) as client:
+        await _new_python(client, sid)
+        try:
+            async with client.open_channel(sid) as channel:
+                await client.kill_session(sid)
+                for _ in range(100):  # bounded: 10 s
+                    if (await client.get_session(sid)).status is SessionStatus.EXITED:
+                        break
+                    await trio.sleep(0.1)
+                with pytest.raises(ExecutionDroppedError, match="no running kernel"):
+                    await channel.execute("1")
+                await client.start_session(sid)
+                assert (await channel.execute("print('back')")).stdout == "back\n"
         finally:
             await client.kill_session(sid)
 
