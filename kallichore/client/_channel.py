@@ -23,6 +23,12 @@ and our ``_reader_task``, which takes one frame at a time and dispatches it:
   ``comm_msg`` and ``comm_close`` are routed to :class:`Comm` objects by
   ``comm_id``. Every Jupyter message also goes to message subscribers.
 
+Before :func:`open_channel` hands the channel out it lets the frames the
+server queued while no client was attached go by (a ``kernel_info_request``
+on control marks their end), so that an old kernel's ``exited`` among them
+fails nothing sent on the new channel. A request on a session with no kernel
+fails at once: the server would drop it without a reply.
+
 An ``execute`` completes when both its ``execute_reply`` and its ``idle``
 status have arrived (they come on different sockets, in either order); other
 requests complete on their reply.
@@ -528,9 +534,10 @@ class Channel:
         control channel (no execution in progress holds it up) marks the end:
         the server's queue is first in, first out, so its reply comes after
         all of the backlog. Its idle status is waited for too (it may come
-        after the reply), so that it does not greet the caller. Skipped when the session has no running kernel
-        (the server would drop the request); a kernel that does not answer
-        is waited for at most :data:`BACKLOG_TIMEOUT`.
+        after the reply), so that it does not greet the caller. Skipped when
+        the session has no running kernel (the server would drop the
+        request); a kernel that does not answer is waited for at most
+        :data:`BACKLOG_TIMEOUT`.
         """
         try:
             status = (await self._client.get_session(self.session_id)).status
