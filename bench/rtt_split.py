@@ -17,64 +17,36 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from typing import Any
 
-import orjson
 import systems as S
 
 CODE = "__import__('time').time()"
 
 
-def _split_ws(conn: S.WsConn, runs: int) -> list[tuple[float, float]]:
+def split(conn: S.Conn, runs: int) -> list[tuple[float, float]]:
+    """(in, out) seconds for ``runs`` round trips on one connection."""
     out = []
     for _ in range(runs):
         sent = time.time()
         mid = conn.execute(CODE)
         ran = None
+        deadline = time.monotonic() + 30
         while True:
-            msg = orjson.loads(conn.ws.recv())
+            channel, msg_type, parent, content = conn.next(deadline)
             arrived = time.time()
-            if (msg.get("parent_header") or {}).get("msg_id") != mid:
+            if parent != mid:
                 continue
-            msg_type = msg["header"]["msg_type"]
-            if msg.get("channel") == "shell":
-                conn.replies[mid] = msg["content"]
+            if channel == "shell":
+                conn.replies[mid] = content
             elif msg_type == "execute_result":
-                ran = float(msg["content"]["data"]["text/plain"])
-            elif msg_type == "status" and msg["content"]["execution_state"] == "idle":
+                ran = float(content["data"]["text/plain"])
+            elif msg_type == "status" and content.get("execution_state") == "idle":
                 break
         if ran is None:
             raise RuntimeError("no execute_result before idle")
         out.append((ran - sent, arrived - ran))
         conn.wait_reply(mid, timeout=30)
     return out
-
-
-def _split_direct(conn: S.DirectConn, runs: int) -> list[tuple[float, float]]:
-    out = []
-    client = conn.kc
-    for _ in range(runs):
-        sent = time.time()
-        mid = conn.execute(CODE)
-        ran = None
-        while True:
-            msg = client.iopub_channel.get_msg(timeout=30)
-            arrived = time.time()
-            if msg["parent_header"].get("msg_id") != mid:
-                continue
-            if msg["msg_type"] == "execute_result":
-                ran = float(msg["content"]["data"]["text/plain"])
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        if ran is None:
-            raise RuntimeError("no execute_result before idle")
-        out.append((ran - sent, arrived - ran))
-        conn.wait_reply(mid, timeout=30)
-    return out
-
-
-def split(conn: Any, runs: int) -> list[tuple[float, float]]:
-    return _split_direct(conn, runs) if isinstance(conn, S.DirectConn) else _split_ws(conn, runs)
 
 
 def main(rounds: int, per_round: int) -> None:

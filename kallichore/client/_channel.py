@@ -539,9 +539,8 @@ class Channel:
         request); a kernel that does not answer is waited for at most
         :data:`BACKLOG_TIMEOUT`.
         """
-        try:
-            status = (await self._client.get_session(self.session_id)).status
-        except KallichoreClientError:
+        status = await self._session_status()
+        if status is None:
             return
         self._kernel_running = status not in _NO_KERNEL
         if status not in (SessionStatus.READY, SessionStatus.IDLE, SessionStatus.BUSY):
@@ -763,15 +762,21 @@ class Channel:
         """
         if self._kernel_running:
             return
-        try:
-            status = (await self._client.get_session(self.session_id)).status
-        except KallichoreClientError:
+        status = await self._session_status()
+        if status is None:
             return  # the send will tell
         if status in _NO_KERNEL:
             raise ExecutionDroppedError(
                 f"session {self.session_id} has no running kernel (status: {status.value})"
             )
         self._kernel_running = True
+
+    async def _session_status(self) -> SessionStatus | None:
+        """The session's status from ``GET /sessions/{id}``; ``None`` if that failed."""
+        try:
+            return (await self._client.get_session(self.session_id)).status
+        except KallichoreClientError:
+            return None
 
     async def _send(self, msg: dict[str, Any]) -> None:
         """Send one frame, waiting out a reconnect if one is under way.

@@ -75,6 +75,14 @@ async def _new_python(client: KallichoreClient, sid: str) -> None:
     await client.start_session(sid)
 
 
+async def _wait_exited(client: KallichoreClient, sid: str) -> None:
+    """Wait (at most 10 s) until the session reports ``exited``."""
+    for _ in range(100):
+        if (await client.get_session(sid)).status is SessionStatus.EXITED:
+            return
+        await trio.sleep(0.1)
+
+
 # ------------------------------------------------------------------ REST
 
 
@@ -103,10 +111,7 @@ async def test_every_rest_operation(server: ChannelServer) -> None:
         session = await client.get_session(sid)
         assert session.process_id is not None
         await client.kill_session(sid)
-        for _ in range(100):  # bounded: 10 s
-            if (await client.get_session(sid)).status is SessionStatus.EXITED:
-                break
-            await trio.sleep(0.1)
+        await _wait_exited(client, sid)
         await client.delete_session(sid)
         with pytest.raises(KallichoreClientError) as adopt:
             await client.adopt_session(f"missing-{sid}", conn)
@@ -250,10 +255,7 @@ async def test_channel_opened_after_a_restart_is_not_failed_by_the_old_exit(
                 result = await channel.execute("print('after restart')")
                 assert result.stdout == "after restart\n"
             await client.kill_session(sid)
-            for _ in range(100):  # bounded: 10 s
-                if (await client.get_session(sid)).status is SessionStatus.EXITED:
-                    break
-                await trio.sleep(0.1)
+            await _wait_exited(client, sid)
             async with client.open_channel(sid):
                 pass
             await client.start_session(sid)
@@ -276,10 +278,7 @@ async def test_request_to_a_session_without_a_kernel_fails_at_once(
         try:
             async with client.open_channel(sid) as channel:
                 await client.kill_session(sid)
-                for _ in range(100):  # bounded: 10 s
-                    if (await client.get_session(sid)).status is SessionStatus.EXITED:
-                        break
-                    await trio.sleep(0.1)
+                await _wait_exited(client, sid)
                 with pytest.raises(ExecutionDroppedError, match="no running kernel"):
                     await channel.execute("1")
                 await client.start_session(sid)
