@@ -114,10 +114,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     names = ", ".join(used)
     fix = (
-        "make it an `async def` test and either set `trio_mode = true` in your pytest "
-        "configuration ([tool.pytest.ini_options] in pyproject.toml, or [pytest] in "
-        "pytest.ini) or mark the test with `@pytest.mark.trio`"
+        "set `trio_mode = true` in your pytest configuration ([tool.pytest.ini_options] "
+        "in pyproject.toml, or [pytest] in pytest.ini) or mark the test with "
+        "`@pytest.mark.trio`"
     )
+    if not inspect.iscoroutinefunction(getattr(item, "obj", None)):
+        fix = f"make it an `async def` test, then {fix}"
     if not item.config.pluginmanager.hasplugin("trio"):
         fix = f"install pytest-trio (pip install pytest-trio), then {fix}"
     pytest.fail(

@@ -49,7 +49,7 @@ def test_sync_fixture_only(fake_kernel_argv, kallichore_server_config):
     assert fake_kernel_argv()[0]
 """
 
-HOW_TO = "*make it an `async def` test and either set `trio_mode = true` in your pytest*"
+HOW_TO = "*set `trio_mode = true` in your pytest configuration*or mark the test with*"
 
 
 @pytest.fixture
@@ -76,6 +76,7 @@ def test_without_trio_mode_only_marked_tests_may_use_async_fixtures(
         ]
     )
     result.stdout.fnmatch_lines(["*test_sync_test_through_a_fixture uses *kallichore_server,*"])
+    result.stdout.no_fnmatch_line("*test_unmarked_async uses*make it an `async def` test*")
     # Our message, not pytest's nor pytest-trio's.
     result.stdout.no_fnmatch_line("*requested an async fixture*")
     result.stdout.no_fnmatch_line("*Trio fixtures can only be used by Trio tests*")
@@ -86,7 +87,9 @@ def test_with_trio_mode_async_tests_may_use_them(project: pytest.Pytester) -> No
     result = project.runpytest_subprocess("-p", "no:cacheprovider", timeout=RUN_TIMEOUT)
     # A sync test still cannot, trio mode or not.
     result.assert_outcomes(passed=3, errors=2)
-    result.stdout.fnmatch_lines(["*test_sync_test uses *kallichore_supervisor*", HOW_TO])
+    result.stdout.fnmatch_lines(
+        ["*test_sync_test uses *kallichore_supervisor*make it an `async def` test, then set*"]
+    )
 
 
 def test_without_pytest_trio_the_message_says_to_install_it(project: pytest.Pytester) -> None:
@@ -95,4 +98,4 @@ def test_without_pytest_trio_the_message_says_to_install_it(project: pytest.Pyte
         "-p", "no:cacheprovider", "-p", "no:trio", "-k", "unmarked", timeout=RUN_TIMEOUT
     )
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*install pytest-trio (pip install pytest-trio), then make it*"])
+    result.stdout.fnmatch_lines(["*install pytest-trio (pip install pytest-trio), then set*"])
