@@ -22,6 +22,7 @@ import enum
 __all__ = [
     "BadRequestError",
     "ErrorCode",
+    "ExecutionDroppedError",
     "KallichoreError",
     "LocalProtocolError",
     "RemoteProtocolError",
@@ -59,6 +60,8 @@ class ErrorCode(enum.Enum):
     INTERNAL = "500"
     SOCKET_PATH_TOO_LONG = "socket_path_too_long"
     DOMAIN_SOCKET_ERROR = "domain_socket_error"
+    # In process only (kallichore.embed); never in an HTTP response.
+    EXECUTION_DROPPED = "execution_dropped"
 
 
 class KallichoreError(Exception):
@@ -125,6 +128,17 @@ class SessionStateError(KallichoreError):
     """The session is in the wrong state for the request (HTTP 400)."""
 
     http_status = 400
+
+
+class ExecutionDroppedError(SessionStateError):
+    """An execution sent in process ended without its reply (:meth:`kallichore.embed.Session.execute`).
+
+    The execution queue dropped it (interrupt, kill, shutdown) or the kernel
+    exited (or restarted) before it finished.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.EXECUTION_DROPPED, message)
 
 
 class StartupError(KallichoreError):

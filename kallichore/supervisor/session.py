@@ -91,7 +91,7 @@ from kallichore.wire.connection_file import (
 )
 from kallichore.wire.message import WireMessage, new_header, short_msg_id
 
-__all__ = ["ClientAttachment", "ImmediateWriter", "KernelSession", "SessionSpec"]
+__all__ = ["ClientAttachment", "ImmediateWriter", "KernelSession", "RequestWatcher", "SessionSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,21 @@ class ImmediateWriter(Protocol):
         ...
 
 
+class RequestWatcher(Protocol):
+    """Someone in this process waiting for one request's messages (:meth:`KernelSession.watch`).
+
+    Both methods are called from the session's tasks and must not block.
+    """
+
+    def deliver(self, frame: bytes) -> None:
+        """One message whose parent is the request, as the client frame a WebSocket gets."""
+        ...
+
+    def drop(self, reason: str) -> None:
+        """No (more) messages will come: the request was dropped, or the kernel is gone."""
+        ...
+
+
 @attrs.define(eq=False)
 class _Incarnation:
     """One run of a kernel (a process, or an adopted connection)."""
@@ -265,6 +280,9 @@ class KernelSession:
     _resource_ticks: int = attrs.field(default=0, init=False)
     # Ports reserved by GET connection_info for a kernel not started by us.
     _held_ports: tuple[int, ...] = attrs.field(default=(), init=False)
+    # Requests sent from this process (msg_id -> watcher): their messages go
+    # to the watcher; iopub also to the client, replies only to the watcher.
+    _watchers: dict[str, RequestWatcher] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.working_directory = self.spec.working_directory
@@ -379,6 +397,12 @@ class KernelSession:
         except RemoteProtocolError as exc:
             logger.warning("%r: dropped a %s %s: %s", self, channel, msg.msg_type, exc)
             return
+        if self._watchers:
+            watcher = self._watchers.get(msg.parent_msg_id or "")
+            if watcher is not None:
+                watcher.deliver(frame)
+                if channel != "iopub":
+                    return  # a reply is its sender's; iopub is everyone's
         self._put(frame, droppable=droppable, wake=wake)
 
     def _clear_queue(self, why: str) -> None:
@@ -386,6 +410,9 @@ class KernelSession:
         if dropped:
             logger.info("%r: dropped %d queued executions (%s)", self, len(dropped), why)
             self.emit_event({"executionsDropped": {"msg_ids": dropped, "reason": why}})
+            for msg_id in dropped:
+                if (watcher := self._watchers.get(msg_id)) is not None:
+                    watcher.drop(f"the execution queue was cleared ({why})")
 
     # ------------------------------------------------------- client attachment
 
@@ -1082,6 +1109,61 @@ class KernelSession:
             # The kernel is going away; its exit is being handled elsewhere.
             logger.warning("%r: could not send a client message to the kernel: %s", self, exc)
 
+    # ----------------------------------------------------- in-process requests
+
+    def watch(self, msg_id: str, watcher: RequestWatcher) -> None:
+        """Route the messages of request ``msg_id``, about to be sent from this process, to ``watcher``.
+
+        Call it right before :meth:`send_from_client` (no checkpoint between,
+        so the kernel cannot go away in between); :meth:`unwatch` when done.
+        Its iopub messages still reach the attached client too (iopub is
+        every frontend's), its reply only the watcher.
+
+        **Errors:** :class:`SessionStateError` (KS-3) when no kernel is
+        connected, so the request could not be sent.
+        """
+        inc = self._current
+        if inc is None or inc.sockets is None:
+            raise SessionStateError(
+                ErrorCode.SESSION_NOT_RUNNING,
+                f"Session {self.session_id} has no running kernel (status: {self.status.value})",
+                http_status=400,
+            )
+        self._watchers[msg_id] = watcher
+
+    def unwatch(self, msg_id: str) -> None:
+        """Stop routing ``msg_id``'s messages to its watcher (idempotent)."""
+        self._watchers.pop(msg_id, None)
+
+    async def cancel_execution(self, msg_id: str) -> None:
+        """Stop one ``execute_request`` without touching other clients' requests.
+
+        A request still waiting in the execution queue is withdrawn (the
+        client is told with ``executionsDropped``, reason ``cancelled``); the
+        one the kernel is running is interrupted, as :meth:`interrupt` would
+        (SIGINT or ``interrupt_request``), but the queue is kept. Otherwise
+        (finished, or no kernel) nothing happens.
+        """
+        await trio.lowlevel.checkpoint()
+        if self.execution_queue.withdraw(msg_id):
+            self.emit_event({"executionsDropped": {"msg_ids": [msg_id], "reason": "cancelled"}})
+            if (watcher := self._watchers.get(msg_id)) is not None:
+                watcher.drop("cancelled before it ran")
+            return
+        inc = self._current
+        if inc is None or not self.execution_queue.is_active(msg_id):
+            return
+        logger.info("%r: interrupting the kernel: its execution %s was cancelled", self, msg_id)
+        if self.spec.interrupt_mode == "signal":
+            if inc.process is not None and inc.process.returncode is None:
+                inc.process.interrupt()
+            return
+        # Our own request: its reply and busy/idle are not the client's.
+        interrupt_id = short_msg_id()
+        inc.internal.add(interrupt_id)
+        with contextlib.suppress(TransportError, SessionStateError):
+            await self._send_wire(inc, "control", "interrupt_request", {}, msg_id=interrupt_id)
+
     # ------------------------------------------------------- interrupt / kill
 
     async def interrupt(self) -> None:
@@ -1336,6 +1418,8 @@ class KernelSession:
         self._resource_procs.clear()
         self.set_status(SessionStatus.EXITED, reason)
         self.emit_event({"exited": inc.exit_code if inc.exit_code is not None else -1})
+        for watcher in list(self._watchers.values()):
+            watcher.drop("the kernel exited")
         inc.done.set()
 
     def _release(self, inc: _Incarnation) -> None:

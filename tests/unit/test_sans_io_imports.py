@@ -1,7 +1,8 @@
 """The sans-io layer stays sans-io: no event loop, sockets or web framework.
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
-``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``)
+``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution result
+builder (``api/execution.py``)
 and the client envelope encoder (``session/envelope.py``), and fails on an import of trio, zmq, quart, quart_trio
 or hypercorn -- at module level or inside a function, absolute or relative.
 ``kallichore/__init__.py`` is checked too: it runs whenever any of these modules
@@ -26,6 +27,7 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "errors.py",
         PACKAGE_ROOT / "__init__.py",
         PACKAGE_ROOT / "api" / "ws_frames.py",
+        PACKAGE_ROOT / "api" / "execution.py",
         PACKAGE_ROOT / "session" / "envelope.py",
     ]
 )
