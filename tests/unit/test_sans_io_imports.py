@@ -2,7 +2,8 @@
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
 ``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``)
-and the client envelope encoder (``session/envelope.py``), and fails on an import of trio, zmq, quart, quart_trio
+the client envelope encoder (``session/envelope.py``) and the flag layering
+(``settings.py``), and fails on an import of trio, zmq, quart, quart_trio
 or hypercorn -- at module level or inside a function, absolute or relative.
 ``kallichore/__init__.py`` is checked too: it runs whenever any of these modules
 is imported, so a trio import there would leak into the sans-io layer.
@@ -27,6 +28,7 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "__init__.py",
         PACKAGE_ROOT / "api" / "ws_frames.py",
         PACKAGE_ROOT / "session" / "envelope.py",
+        PACKAGE_ROOT / "settings.py",
     ]
 )
 
