@@ -50,13 +50,14 @@ import argparse
 import difflib
 import json
 import os
-import shlex
 import sys
 import tomllib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import attrs
+
+from kallichore.flag_values import convert
 
 __all__ = [
     "CONFIG_ENV",
@@ -80,8 +81,6 @@ CONFIG_FILE_NAME = "kallichore.toml"
 NO_CONFIG = "none"
 #: What ``--show-config`` prints instead of a secret.
 MASK = "********"
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _SECRET_WORDS = ("token", "password", "secret")
 # Layer ranks: a higher rank wins.
 _DEFAULT, _FILE, _ENV, _FLAG = range(4)
@@ -224,91 +223,6 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return found
 
 
-# --------------------------------------------------------------------------- values
-
-
-def _problem(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _convert_one(action: argparse.Action, text: str) -> Any:
-    """``text`` as argparse would convert it for ``action``; raises ValueError."""
-    value: Any = text
-    if callable(action.type):
-        try:
-            value = action.type(text)
-        except argparse.ArgumentTypeError as exc:
-            raise ValueError(_problem(exc)) from None
-        except (TypeError, ValueError):
-            name = getattr(action.type, "__name__", repr(action.type))
-            raise ValueError(f"invalid {name} value: {text!r}") from None
-    if action.choices is not None and value not in action.choices:
-        choices = ", ".join(repr(c) for c in action.choices)
-        raise ValueError(f"invalid choice: {text!r} (choose from {choices})")
-    return value
-
-
-def _scalar_text(raw: Any) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise ValueError(f"expected a string or a number, not {_toml_type(raw)}")
-    return str(raw)
-
-
-def _toml_type(raw: Any) -> str:
-    if isinstance(raw, bool):
-        return "a boolean"
-    if isinstance(raw, dict):
-        return "a table"
-    if isinstance(raw, list):
-        return "an array"
-    return type(raw).__name__
-
-
-def _switch(raw: Any, from_env: bool) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if from_env and isinstance(raw, str):
-        word = raw.strip().lower()
-        if word in _TRUE_WORDS:
-            return True
-        if word in _FALSE_WORDS:
-            return False
-    raise ValueError("expected true or false" + (" (or 1/0, yes/no, on/off)" if from_env else ""))
-
-
-def _is_list(action: argparse.Action) -> bool:
-    return (
-        isinstance(action, argparse._AppendAction)
-        or action.nargs in ("*", "+")
-        or (isinstance(action.nargs, int) and action.nargs > 1)
-    )
-
-
-def _convert(action: argparse.Action, raw: Any, from_env: bool) -> Any:
-    """The default ``raw`` (a TOML value or an environment string) stands for.
-
-    Raises:
-        ValueError: with the problem, for the caller to add the source.
-    """
-    if isinstance(action, argparse.BooleanOptionalAction):
-        return _switch(raw, from_env)
-    if isinstance(action, argparse._StoreConstAction):  # store_true/false/const
-        return action.const if _switch(raw, from_env) else action.default
-    if isinstance(action, argparse._CountAction):
-        count = int(raw) if from_env and str(raw).strip().isdigit() else raw
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError("expected a whole number of repetitions")
-        return count
-    if _is_list(action):
-        items = shlex.split(raw) if from_env else (raw if isinstance(raw, list) else [raw])
-        if isinstance(action.nargs, int) and len(items) != action.nargs:
-            raise ValueError(f"expected {action.nargs} values, got {len(items)}")
-        if action.nargs == "+" and not items:
-            raise ValueError("expected at least one value")
-        return [_convert_one(action, _scalar_text(item)) for item in items]
-    return _convert_one(action, _scalar_text(raw))
-
-
 # --------------------------------------------------------------------------- the file
 
 
@@ -423,7 +337,7 @@ def _layer(
                 continue
             source, rank = Source("file", path), _FILE
         try:
-            value = _convert(option.action, raw, rank == _ENV)
+            value = convert(option.action, raw, rank == _ENV)
         except ValueError as exc:
             if rank == _ENV:
                 where = f"environment variable {option.env}={raw!r}"
@@ -433,6 +347,47 @@ def _layer(
             raise SettingsError(f"{where}: bad value for {option.flag}: {exc}") from None
         found[id(option.action)] = _Layered(value, source, rank)
     return found
+
+
+def _read_file(
+    parser: argparse.ArgumentParser,
+    section: tuple[str, ...],
+    reserved: Collection[str],
+    options: Sequence[_Option],
+    config_flag: str | None,
+    environ: Mapping[str, str],
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The config file's path and checked contents (``None`` when there is none)."""
+    path, _, must_exist = config_file_path(config_flag, environ)
+    document = _load_file(path, must_exist) if path is not None else None
+    if document is not None and path is not None:
+        table = _section_table(document, section, path)
+        _check_keys(table, parser, section, options, path=path, reserved=reserved)
+    return path, document
+
+
+def _effective(
+    options: Sequence[_Option],
+    namespace: argparse.Namespace,
+    given: Collection[str],
+    layered: Mapping[int, _Layered],
+    originals: Mapping[int, Any],
+) -> dict[str, Setting]:
+    """Each option's value and source, after parsing."""
+    settings: dict[str, Setting] = {}
+    for option in options:
+        action = option.action
+        found = layered.get(id(action))
+        if action.dest in given:
+            value, source = getattr(namespace, action.dest), Source("flag", option.flag)
+        elif found is not None:
+            value, source = found.value, found.source
+        else:
+            value, source = originals[id(action)], DEFAULT_SOURCE
+        settings[action.dest] = Setting(
+            option.section, option.key, option.flag, option.env, action.dest, value, source
+        )
+    return settings
 
 
 def _exclusive_groups(parser: argparse.ArgumentParser) -> Iterator[list[argparse.Action]]:
@@ -547,12 +502,7 @@ def parse_layered(
     config_flag, show = _prescan(args)
     options = list(_walk(parser, section))
     try:
-        path, _, must_exist = config_file_path(config_flag, env)
-        document = _load_file(path, must_exist) if path is not None else None
-        if document is not None:
-            assert path is not None
-            table = _section_table(document, section, path)
-            _check_keys(table, parser, section, options, path=path, reserved=reserved)
+        path, document = _read_file(parser, section, reserved, options, config_flag, env)
         layered = _layer(options, env, document, path)
     except SettingsError as exc:
         _exit(parser, str(exc))
@@ -573,21 +523,11 @@ def parse_layered(
         _keep_exclusive(parser, layered, given)
     except SettingsError as exc:
         _exit(parser, str(exc))
-    settings: dict[str, Setting] = {}
     for option in options:
-        action = option.action
-        found = layered.get(id(action))
-        if action.dest in given:
-            value, source = getattr(namespace, action.dest), Source("flag", option.flag)
-        elif found is not None:
-            value, source = found.value, found.source
-        else:
-            value, source = originals[id(action)], DEFAULT_SOURCE
-            if id(action) in applied:  # dropped for an exclusive sibling
-                setattr(namespace, action.dest, value)
-        settings[action.dest] = Setting(
-            option.section, option.key, option.flag, option.env, action.dest, value, source
-        )
+        dropped = id(option.action) in applied and id(option.action) not in layered
+        if dropped and option.action.dest not in given:  # for a higher-layer sibling
+            setattr(namespace, option.action.dest, originals[id(option.action)])
+    settings = _effective(options, namespace, given, layered, originals)
     loaded = path if document is not None else None
     if show:
         print(render_settings(parser.prog, list(settings.values()), loaded, config_flag, env))

@@ -29,6 +29,7 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "api" / "ws_frames.py",
         PACKAGE_ROOT / "session" / "envelope.py",
         PACKAGE_ROOT / "settings.py",
+        PACKAGE_ROOT / "flag_values.py",
     ]
 )
 
