@@ -454,16 +454,29 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _prescan(argv: Sequence[str]) -> tuple[str | None, bool]:
-    """``--config`` and ``--show-config`` from ``argv``, before the real parse."""
-    scanner = argparse.ArgumentParser(add_help=False)
+class _Malformed(Exception):
+    pass
+
+
+class _Scanner(argparse.ArgumentParser):
+    """Finds two options in any command line, silently (the real parse reports)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Malformed(message)
+
+
+def _prescan(argv: Sequence[str]) -> tuple[str | None, bool, bool]:
+    """``--config``, ``--show-config`` and whether help or version is asked for."""
+    scanner = _Scanner(add_help=False)
     scanner.add_argument("--config")
     scanner.add_argument("--show-config", action="store_true")
+    for flags in (("-h", "--help"), ("-V", "--version")):
+        scanner.add_argument(*flags, action="store_true", dest="informational")
     try:
         known, _ = scanner.parse_known_args(argv)
-    except SystemExit:  # malformed: the real parse reports it
-        return None, False
-    return known.config, bool(known.show_config)
+    except _Malformed:
+        return None, False, False
+    return known.config, bool(known.show_config), bool(known.informational)
 
 
 def _exit(parser: argparse.ArgumentParser, message: str) -> NoReturn:
@@ -499,13 +512,16 @@ def parse_layered(
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
     _add_config_arguments(parser)
-    config_flag, show = _prescan(args)
+    config_flag, show, informational = _prescan(args)
     options = list(_walk(parser, section))
     try:
         path, document = _read_file(parser, section, reserved, options, config_flag, env)
         layered = _layer(options, env, document, path)
     except SettingsError as exc:
-        _exit(parser, str(exc))
+        if not informational:
+            _exit(parser, str(exc))
+        # --help and --version work whatever the settings say.
+        path, document, layered = None, None, {}
     originals = {id(o.action): o.action.default for o in options}
     for option in options:
         found = layered.get(id(option.action))

@@ -303,3 +303,19 @@ def test_token_none_is_not_masked(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         server(["--show-config", "--token", "none"])
     assert 'token = "none"  # flag --token' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_survive_bad_settings(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        server([flag], {"KALLICHORE_PORT": "not a port"})
+    assert exc.value.code == 0
+    assert "kcserver" in capsys.readouterr().out
+
+
+def test_a_malformed_config_flag_is_reported_once(capsys: pytest.CaptureFixture[str]) -> None:
+    err = error_of(capsys, lambda: server(["--config"]))
+    assert err.count("error:") == 1
+    assert "argument --config: expected one argument" in err
