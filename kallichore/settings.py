@@ -390,6 +390,33 @@ def _effective(
     return settings
 
 
+def _warn_misspelt_variables(
+    options: Sequence[_Option],
+    environ: Mapping[str, str],
+    section: tuple[str, ...],
+    reserved: Collection[str],
+    prog: str,
+) -> None:
+    """A warning for a variable that looks like a misspelt setting.
+
+    Only near misses are reported: other ``KALLICHORE_*`` variables may
+    belong to other programs, and the other programs' sections are skipped.
+    """
+    known = [o.env for o in options]
+    prefix = _env_name(section, "")
+    foreign = tuple(_env_name((*section, name), "") for name in reserved)
+    for name in environ:
+        if not name.startswith(prefix) or name.startswith(foreign) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            print(
+                f"{prog}: warning: ignoring {name}, which is not a setting; "
+                f"did you mean {close[0]}?",
+                file=sys.stderr,
+            )
+
+
 def _exclusive_groups(parser: argparse.ArgumentParser) -> Iterator[list[argparse.Action]]:
     for group in parser._mutually_exclusive_groups:
         yield list(group._group_actions)
@@ -522,6 +549,7 @@ def parse_layered(
             _exit(parser, str(exc))
         # --help and --version work whatever the settings say.
         path, document, layered = None, None, {}
+    _warn_misspelt_variables(options, env, section, reserved, parser.prog)
     originals = {id(o.action): o.action.default for o in options}
     for option in options:
         found = layered.get(id(option.action))

@@ -319,3 +319,19 @@ def test_a_malformed_config_flag_is_reported_once(capsys: pytest.CaptureFixture[
     err = error_of(capsys, lambda: server(["--config"]))
     assert err.count("error:") == 1
     assert "argument --config: expected one argument" in err
+
+
+def test_a_misspelt_variable_is_pointed_out(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {
+        "KALLICHORE_IDLE_SHUTDOWN_HOUR": "1",  # near miss: warned
+        "KALLICHORE_CLIENT_JSN": "1",  # the client's business, not the server's
+        "KALLICHORE_SOMETHING_ELSE": "x",  # not close to anything: quiet
+    }
+    assert server([], env).namespace.idle_shutdown_hours is None
+    err = capsys.readouterr().err
+    assert err == (
+        "kcserver: warning: ignoring KALLICHORE_IDLE_SHUTDOWN_HOUR, which is not a setting; "
+        "did you mean KALLICHORE_IDLE_SHUTDOWN_HOURS?\n"
+    )
+    client(["list"], env)
+    assert "KALLICHORE_CLIENT_JSN" in capsys.readouterr().err
