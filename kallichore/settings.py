@@ -467,7 +467,19 @@ def _given_on_command_line(
     return set(vars(namespace))
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, section: tuple[str, ...]) -> None:
+    """Add ``--config`` and ``--show-config``, and say in ``--help`` how layering works."""
+    table = f" in [{'.'.join(section)}]" if section else ""
+    note = (
+        f"Every option can also be set by an environment variable, {_env_name(section, '<NAME>')}, "
+        f"or as <name> in the config file{table}, where <name> is the long option "
+        "without '--' and with '_' for '-'. The command line wins, then the "
+        "environment, then the file."
+    )
+    if _subcommands(parser):
+        dotted = ".".join([*section, "<command>"])
+        note += f" A command's options: {_env_name(section, '<COMMAND>_<NAME>')} and [{dotted}]."
+    parser.epilog = f"{parser.epilog}\n\n{note}" if parser.epilog else note
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -538,7 +550,7 @@ def parse_layered(
     """
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
-    _add_config_arguments(parser)
+    _add_config_arguments(parser, section)
     config_flag, show, informational = _prescan(args)
     options = list(_walk(parser, section))
     try:

@@ -335,3 +335,12 @@ def test_a_misspelt_variable_is_pointed_out(capsys: pytest.CaptureFixture[str]) 
     )
     client(["list"], env)
     assert "KALLICHORE_CLIENT_JSN" in capsys.readouterr().err
+
+
+def test_help_explains_the_layers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        client(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "KALLICHORE_CLIENT_<NAME>" in out
+    assert "KALLICHORE_CLIENT_<COMMAND>_<NAME> and [client.<command>]" in out
+    assert "--config FILE" in out
