@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 PROCESS_NAME = "kcserver"
 #: The client's table in the shared config file (the server's is the top level).
 CLIENT_SECTION = "client"
+#: Kallichore's log-level variable: below ours and the file, lenient as before.
+RUST_LOG_ENV = "RUST_LOG"
 U16_MAX = 65535
 
 
@@ -270,15 +272,17 @@ def _fail(message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoReturn:
     """Run the server from the command line; never returns."""
     parser = build_parser(prog)
-    parsed = parse_layered(parser, argv, reserved=(CLIENT_SECTION,))
+    parsed = parse_layered(
+        parser, argv, reserved=(CLIENT_SECTION,), legacy={"log_level": RUST_LOG_ENV}
+    )
     args = parsed.namespace
     level, reported_level, level_warning = parse_log_level(
-        args.log_level, os.environ.get("RUST_LOG")
+        args.log_level, os.environ.get(RUST_LOG_ENV)
     )
     log_level_source = parsed.source("log_level")
-    if level_warning and log_level_source.kind in ("environment", "file"):
-        # Kallichore's leniency is for its own flag; a standing setting that
-        # is wrong should be fixed, not silently replaced.
+    if level_warning and log_level_source.where not in (None, "--log-level", RUST_LOG_ENV):
+        # Kallichore's leniency is for its own flag and RUST_LOG; a standing
+        # setting of ours that is wrong should be fixed, not silently replaced.
         parser.exit(
             2,
             f"{parser.prog}: error: {log_level_source}: bad value for --log-level: "

@@ -83,7 +83,8 @@ NO_CONFIG = "none"
 MASK = "********"
 _SECRET_WORDS = ("token", "password", "secret")
 # Layer ranks: a higher rank wins.
-_DEFAULT, _FILE, _ENV, _FLAG = range(4)
+# _LEGACY: an older variable a program keeps honouring below the file.
+_DEFAULT, _LEGACY, _FILE, _ENV, _FLAG = range(5)
 
 
 class SettingsError(Exception):
@@ -318,29 +319,46 @@ class _Layered:
     rank: int
 
 
+def _raw_value(
+    option: _Option,
+    environ: Mapping[str, str],
+    document: Mapping[str, Any] | None,
+    path: str | None,
+    legacy: Mapping[str, str],
+) -> tuple[Any, Source, int] | None:
+    """The highest layer's raw value for ``option``, if any layer has one."""
+    text = environ.get(option.env)
+    if text:
+        return text, Source("environment", option.env), _ENV
+    raw = _file_value(document, option) if document is not None else None
+    if raw is not None:
+        return raw, Source("file", path), _FILE
+    old_name = legacy.get(option.action.dest)
+    if old_name and environ.get(old_name):
+        return environ[old_name], Source("environment", old_name), _LEGACY
+    return None
+
+
 def _layer(
     options: Sequence[_Option],
     environ: Mapping[str, str],
     document: Mapping[str, Any] | None,
     path: str | None,
+    legacy: Mapping[str, str],
 ) -> dict[int, _Layered]:
     """The environment or file value of each option that has one, by ``id(action)``."""
     found: dict[int, _Layered] = {}
     for option in options:
-        text = environ.get(option.env)
-        raw: Any
-        if text:
-            raw, source, rank = text, Source("environment", option.env), _ENV
-        else:
-            raw = _file_value(document, option) if document is not None else None
-            if raw is None:
-                continue
-            source, rank = Source("file", path), _FILE
+        layer = _raw_value(option, environ, document, path, legacy)
+        if layer is None:
+            continue
+        raw, source, rank = layer
+        from_env = source.kind == "environment"
         try:
-            value = convert(option.action, raw, rank == _ENV)
+            value = convert(option.action, raw, from_env)
         except ValueError as exc:
-            if rank == _ENV:
-                where = f"environment variable {option.env}={raw!r}"
+            if from_env:
+                where = f"environment variable {source.where}={raw!r}"
             else:
                 key = ".".join([*option.section, option.key])
                 where = f"config file {path}: {key} = {_toml_value(raw)}"
@@ -528,6 +546,7 @@ def parse_layered(
     *,
     section: tuple[str, ...] = (),
     reserved: Collection[str] = (),
+    legacy: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LayeredArgs:
     """Parse ``argv`` with defaults layered from the environment and a TOML file.
@@ -542,6 +561,8 @@ def parse_layered(
         section: this program's table in the file and infix of its
             variables (``("client",)``: ``[client]``, ``KALLICHORE_CLIENT_*``).
         reserved: top-level tables other programs own, ignored here.
+        legacy: older environment variables still honoured, by dest, below
+            the file (``{"log_level": "RUST_LOG"}``).
         environ: the environment (default ``os.environ``).
 
     **Errors:** a bad value, an unknown key, or an unreadable or invalid
@@ -550,12 +571,13 @@ def parse_layered(
     """
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
+    legacy = legacy or {}
     _add_config_arguments(parser, section)
     config_flag, show, informational = _prescan(args)
     options = list(_walk(parser, section))
     try:
         path, document = _read_file(parser, section, reserved, options, config_flag, env)
-        layered = _layer(options, env, document, path)
+        layered = _layer(options, env, document, path, legacy)
     except SettingsError as exc:
         if not informational:
             _exit(parser, str(exc))

@@ -344,3 +344,17 @@ def test_help_explains_the_layers(capsys: pytest.CaptureFixture[str]) -> None:
     assert "KALLICHORE_CLIENT_<NAME>" in out
     assert "KALLICHORE_CLIENT_<COMMAND>_<NAME> and [client.<command>]" in out
     assert "--config FILE" in out
+
+
+def test_a_legacy_variable_sits_below_the_file(tmp_path: Path) -> None:
+    def parse(env: dict[str, str]) -> LayeredArgs:
+        environ = {"JUPYTER_NO_CONFIG": "1", **env}
+        return parse_layered(build_parser(), [], legacy={"log_level": "RUST_LOG"}, environ=environ)
+
+    parsed = parse({"RUST_LOG": "debug"})
+    assert parsed.namespace.log_level == "debug"
+    assert str(parsed.source("log_level")) == "environment variable RUST_LOG"
+    path = write(tmp_path, 'log_level = "warn"\n')
+    assert parse({"RUST_LOG": "debug", "KALLICHORE_CONFIG": path}).namespace.log_level == "warn"
+    both = {"RUST_LOG": "debug", "KALLICHORE_LOG_LEVEL": "error"}
+    assert parse(both).namespace.log_level == "error"
