@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcclient") -> int:
         prog: the program name in usage and error lines.
     """
     parser = _parser(prog)
-    args = parse_layered(parser, argv, section=("client",)).namespace
+    legacy = {"connection_file": CONNECTION_FILE_ENV}
+    args = parse_layered(parser, argv, section=("client",), legacy=legacy).namespace
     name = prog.split()[0] if prog.startswith("kcclient") else "kcclient"
     try:
         return trio.run(_run, args)

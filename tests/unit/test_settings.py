@@ -358,3 +358,19 @@ def test_a_legacy_variable_sits_below_the_file(tmp_path: Path) -> None:
     assert parse({"RUST_LOG": "debug", "KALLICHORE_CONFIG": path}).namespace.log_level == "warn"
     both = {"RUST_LOG": "debug", "KALLICHORE_LOG_LEVEL": "error"}
     assert parse(both).namespace.log_level == "error"
+
+
+def test_client_connection_file_variable_yields_to_an_explicit_address() -> None:
+    def parse(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
+        environ = {"JUPYTER_NO_CONFIG": "1", **env}
+        legacy = {"connection_file": "KALLICHORE_CONNECTION_FILE"}
+        parser = client_parser("kcclient")
+        return parse_layered(
+            parser, argv, section=("client",), legacy=legacy, environ=environ
+        ).namespace
+
+    shared = {"KALLICHORE_CONNECTION_FILE": "/run/kc.json"}
+    assert parse(["list"], shared).connection_file == "/run/kc.json"
+    assert parse(["--url", "http://h:1", "list"], shared).connection_file is None
+    with_url = {**shared, "KALLICHORE_CLIENT_URL": "http://h:1"}
+    assert parse(["list"], with_url).connection_file is None
