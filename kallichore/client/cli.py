@@ -23,6 +23,7 @@ from kallichore.client._errors import KallichoreClientError
 from kallichore.client._kernelspec import find_kernelspec
 from kallichore.client._models import ExecutionResult, InputRequest, Message
 from kallichore.client._rest import KallichoreClient, open_client
+from kallichore.settings import parse_layered
 
 __all__ = ["main"]
 
@@ -41,7 +42,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Talk to a kallichore (Kallichore) server."
     )
-    where = parser.add_argument_group("server (one of; default $" + CONNECTION_FILE_ENV + ")")
+    where = parser.add_argument_group(
+        "server (one of; default $" + CONNECTION_FILE_ENV + ")"
+    ).add_mutually_exclusive_group()
     where.add_argument("--connection-file", metavar="PATH", help="the server's connection file")
     where.add_argument("--url", metavar="URL", help="http://HOST:PORT of a TCP server")
     where.add_argument("--socket", metavar="PATH", help="the server's Unix socket")
@@ -76,7 +79,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcclient") -> int:
         prog: the program name in usage and error lines.
     """
     parser = _parser(prog)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    legacy = {"connection_file": CONNECTION_FILE_ENV}
+    args = parse_layered(parser, argv, section=("client",), legacy=legacy).namespace
     name = prog.split()[0] if prog.startswith("kcclient") else "kcclient"
     try:
         return trio.run(_run, args)

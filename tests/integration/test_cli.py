@@ -133,15 +133,6 @@ def poll_configuration(
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def factory(tmp_path: Path) -> Iterator[ServerFactory]:
-    servers = ServerFactory(tmp_path / "servers")
-    try:
-        yield servers
-    finally:
-        servers.close()
-
-
 @pytest.fixture(scope="module")
 def module_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
     servers = ServerFactory(tmp_path_factory.mktemp("servers"))
@@ -149,12 +140,6 @@ def module_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerF
         yield servers
     finally:
         servers.close()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    with short_tempdir() as path:
-        yield path
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +318,9 @@ def test_tcp_connection_file(tcp_server: Running) -> None:
     assert details["log_path"] is None
     assert details["server_pid"] == tcp_server.server.pid
     assert os.path.isabs(details["server_path"])
+    # Run as `python -m kallichore serve`, yet still a program one can run.
+    assert os.access(details["server_path"], os.X_OK), details["server_path"]
+    assert not details["server_path"].endswith(".py")
     assert isinstance(details["server_id"], str)
     assert details["server_id"]
 
@@ -658,6 +646,8 @@ def test_graceful_shutdown(
     assert elapsed < SHUTDOWN_BUDGET, f"took {elapsed:.1f} s"
     assert not os.path.exists(socket_path)
     assert list(sock_dir.iterdir()) == []
+    # It held the token: a clean exit removes it.
+    assert not running.connection_file.exists()
 
 
 # --------------------------------------------------------------------------- handshake socket

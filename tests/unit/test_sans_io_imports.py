@@ -1,9 +1,10 @@
 """The sans-io layer stays sans-io: no event loop, sockets or web framework.
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
-``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution result
-builder (``api/execution.py``)
-and the client envelope encoder (``session/envelope.py``), and fails on an import of trio, zmq, quart, quart_trio
+``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution
+result builder (``api/execution.py``), the client envelope encoder (``session/envelope.py``)
+and the flag layering (``settings.py``, ``flag_values.py``), and fails on an import of trio,
+zmq, quart, quart_trio
 or hypercorn -- at module level or inside a function, absolute or relative.
 ``kallichore/__init__.py`` is checked too: it runs whenever any of these modules
 is imported, so a trio import there would leak into the sans-io layer.
@@ -29,6 +30,8 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "api" / "ws_frames.py",
         PACKAGE_ROOT / "api" / "execution.py",
         PACKAGE_ROOT / "session" / "envelope.py",
+        PACKAGE_ROOT / "settings.py",
+        PACKAGE_ROOT / "flag_values.py",
     ]
 )
 
