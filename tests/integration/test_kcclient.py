@@ -13,11 +13,17 @@ the kernel.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
+import stat
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from kallichore import API_VERSION, __version__
 from kallichore.client._execute import INTERRUPT_GRACE
 from tests.integration.helpers import REPO_ROOT
 from tests.integration.test_channels import ChannelServer
@@ -94,6 +101,12 @@ def _kcclient(
         env=env,
         cwd=REPO_ROOT,
         **options,
+    )
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=CLI_TIMEOUT, env=env, stdin=subprocess.DEVNULL
     )
 
 
@@ -174,3 +187,284 @@ def test_ctrl_c_on_a_kernel_that_ignores_it(server: ChannelServer, env: dict[str
         assert proc.returncode == 130, err
         assert waited < INTERRUPT_GRACE, waited
         assert "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------- output
+
+
+def test_pipe_closed_by_head_ends_quietly(env: dict[str, str], session: str) -> None:
+    command = " ".join(
+        [*map(_quote, _argv("execute", session, "for i in range(20000): print(i)")), "| head -2"]
+    )
+    result = subprocess.run(
+        ["sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=env,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.stdout == "0\n1\n"
+    assert result.stderr == ""
+
+
+def _quote(word: str) -> str:
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+def test_plain_text_when_not_a_terminal_and_in_json(env: dict[str, str], session: str) -> None:
+    failed = _kcclient(env, "execute", session, "1/0")
+    assert failed.returncode == 1
+    assert "ZeroDivisionError" in failed.stderr
+    assert ANSI not in failed.stderr
+
+    as_json = _kcclient(env, "execute", session, "1/0", "--json")
+    document = json.loads(as_json.stdout)
+    assert document["status"] == "error"
+    traceback = "\n".join(document["error"]["traceback"])
+    assert "ZeroDivisionError" in traceback
+    assert ANSI not in as_json.stdout  # in the outputs too
+
+
+def test_colour_only_on_a_terminal_without_no_color(env: dict[str, str], session: str) -> None:
+    coloured = _on_a_terminal(env, "execute", session, "1/0")
+    assert "ZeroDivisionError" in coloured
+    assert ANSI in coloured
+    plain = _on_a_terminal({**env, "NO_COLOR": "1"}, "execute", session, "1/0")
+    assert "ZeroDivisionError" in plain
+    assert ANSI not in plain
+
+
+def test_stream_without_newline_does_not_run_into_the_result(
+    env: dict[str, str], session: str
+) -> None:
+    run = _kcclient(env, "execute", session, "print('partial', end='')\n6*7")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "partial\n42\n"
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_json_and_version_where_users_put_them(env: dict[str, str], session: str) -> None:
+    for args in (["list", "--json"], ["--json", "list"]):
+        listed = _kcclient(env, *args)
+        assert listed.returncode == 0, listed.stderr
+        assert session in [s["session_id"] for s in json.loads(listed.stdout)]
+    status = _kcclient(env, "status", "--json")
+    assert json.loads(status.stdout)["sessions"] >= 1
+
+    expected = f"{API_VERSION} (kallichore {__version__})\n"
+    versions = {
+        "kcclient": _kcclient(env, "--version"),
+        "kcserver": _run(
+            [sys.executable, "-c", "from kallichore.cli import main; main()", "--version"], env
+        ),
+        "python -m kallichore": _run([sys.executable, "-m", "kallichore", "--version"], env),
+    }
+    for prog, result in versions.items():
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{prog} {expected}"
+
+
+def test_help_goes_to_stdout(env: dict[str, str]) -> None:
+    for argv in (
+        _argv("--help"),
+        _argv("console", "--help"),
+        [sys.executable, "-m", "kallichore", "--help"],
+        [sys.executable, "-m", "kallichore", "client", "--help"],
+    ):
+        result = _run(argv, env)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert "usage:" in result.stdout, argv
+        assert result.stderr == "", argv
+
+
+# --------------------------------------------------------------- commands
+
+
+def test_kernelspecs_needs_no_server(env: dict[str, str], tmp_path: Path) -> None:
+    spec_dir = tmp_path / "data" / "kernels" / "echo"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({"argv": ["echo", "{connection_file}"], "display_name": "Echo"})
+    )
+    alone = {k: v for k, v in env.items() if k != "KALLICHORE_CONNECTION_FILE"}
+    listed = _kcclient(alone, "kernelspecs")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("Available kernels:\n")
+    assert re.search(r"^  echo\s+" + re.escape(str(spec_dir)) + "$", listed.stdout, re.M)
+    assert re.search(r"^  python3\s", listed.stdout, re.M)
+    as_json = json.loads(_kcclient(alone, "kernelspecs", "--json").stdout)["kernelspecs"]
+    assert as_json["echo"]["resource_dir"] == str(spec_dir)
+    assert as_json["echo"]["spec"]["display_name"] == "Echo"
+
+
+def test_connection_file_works_with_jupyter_client(
+    env: dict[str, str], session: str, tmp_path: Path
+) -> None:
+    from jupyter_client.blocking import BlockingKernelClient
+
+    written = _kcclient(env, "connection-file", session)
+    assert written.returncode == 0, written.stderr
+    path = Path(written.stdout.strip())
+    assert path == tmp_path / "runtime" / f"kernel-{session}.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    client = BlockingKernelClient()
+    client.load_connection_file(str(path))
+    client.start_channels()
+    try:
+        reply = client.kernel_info(reply=True, timeout=EXPECT_TIMEOUT)
+    finally:
+        client.stop_channels()
+    assert reply["content"]["status"] == "ok"
+    assert reply["content"]["implementation"] == "ipython"
+
+
+# --------------------------------------------------------------- messages
+
+
+def test_delete_of_a_running_session_says_kill_it_first(env: dict[str, str], session: str) -> None:
+    result = _kcclient(env, "delete", session)
+    assert result.returncode == 1
+    assert result.stderr == f"kcclient: Session {session} is running; kill it first\n"
+
+
+def test_401_says_which_token_and_where_from(env: dict[str, str], server: ChannelServer) -> None:
+    wrong = _kcclient(env, "--token", "wrong", "list")
+    assert wrong.returncode == 1
+    assert "401" in wrong.stderr, wrong.stderr
+    assert "--token" in wrong.stderr, wrong.stderr
+    no_token = _kcclient(env, "--url", f"http://127.0.0.1:{server.port}", "list")
+    assert no_token.returncode == 1
+    assert "none" in no_token.stderr, no_token.stderr
+    assert "connection file" in no_token.stderr, no_token.stderr
+    assert no_token.stderr.count("\n") == 1
+
+
+def test_failed_start_leaves_no_session(env: dict[str, str], tmp_path: Path) -> None:
+    spec_dir = tmp_path / "data" / "kernels" / "broken"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({"argv": [sys.executable, "-c", "import sys; sys.exit(3)"]})
+    )
+    sid = f"kc-broken-{uuid.uuid4().hex[:8]}"
+    started = _kcclient(env, "start", "--kernel", "broken", "--id", sid)
+    assert started.returncode == 1
+    assert started.stderr.startswith("kcclient: ") or "\nkcclient: " in started.stderr
+    listed = _kcclient(env, "list", "--json")
+    assert sid not in [s["session_id"] for s in json.loads(listed.stdout)]
+
+
+# ---------------------------------------------------------------- console
+
+
+class _Terminal:
+    """A process on a pseudo-terminal, read with ``expect``."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, follower = pty.openpty()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            env={**env, "TERM": "xterm"},
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            # Make the pty the controlling terminal, so ^C becomes SIGINT.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(follower)
+        self.seen = ""
+
+    def expect(self, text: str, timeout: float = EXPECT_TIMEOUT) -> str:
+        """Read until ``text`` appears; return everything up to and including it."""
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} not seen in:\n{self.seen}"
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: the process closed the terminal
+                    chunk = b""
+                assert chunk, f"{text!r} not seen before EOF in:\n{self.seen}"
+                self.seen += chunk.decode("utf-8", "replace")
+        head, _, self.seen = self.seen.partition(text)
+        return head + text
+
+    def prompt(self) -> str:
+        """Read up to the next ``In [N]: `` prompt; return what came before it, the prompt included."""
+        before = self.expect("In [")
+        return before + self.expect("]: ")
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> int:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.proc.wait(timeout=EXPECT_TIMEOUT)
+        self.proc.kill()
+        self.proc.wait(timeout=EXPECT_TIMEOUT)
+        os.close(self.master)
+        return -9
+
+
+def _on_a_terminal(env: dict[str, str], *args: str) -> str:
+    terminal = _Terminal(_argv(*args), env)
+    try:
+        out = ""
+        with contextlib.suppress(AssertionError):  # read to EOF
+            out = terminal.expect("\0never\0")
+        return terminal.seen or out
+    finally:
+        terminal.close()
+
+
+def test_console_history_ctrl_c_and_input(env: dict[str, str], session: str) -> None:
+    terminal = _Terminal(_argv("console", session), env)
+    try:
+        terminal.expect("Ctrl-D leaves")
+        terminal.prompt()
+        terminal.send("x = 41\r")
+        terminal.prompt()
+        terminal.send("x + 1\r")
+        assert re.search(r"Out\[\d+\]: 42\r?\n", terminal.prompt())
+        terminal.send("x = 1\r")
+        terminal.prompt()
+        terminal.send("\x1b[A\x1b[A\r")  # up twice: x + 1 again
+        assert re.search(r"Out\[\d+\]: 2\r?\n", terminal.prompt())  # readline redraws the line
+
+        terminal.send("for i in range(2):\r")
+        terminal.expect("...: ")
+        terminal.send("print('loop', i)\r")
+        terminal.expect("...: ")
+        terminal.send("\r")
+        assert "loop 1" in terminal.prompt()
+
+        terminal.send("name = input('who? ')\r")
+        terminal.expect("who? ")
+        terminal.send("bob\r")
+        terminal.prompt()
+        terminal.send("name.upper()\r")
+        assert "'BOB'" in terminal.prompt()
+
+        terminal.send(LONG_RUNNING + "\r")
+        terminal.expect("go")
+        terminal.send("\x03")
+        assert "KeyboardInterrupt" in terminal.prompt()
+        terminal.send("print('still here')\r")
+        assert "still here" in terminal.prompt()
+
+        terminal.send("\x04")
+        assert terminal.close() == 0
+    finally:
+        terminal.close()
+    history = Path(env["JUPYTER_DATA_DIR"]) / "kcclient_history"
+    lines = history.read_text().splitlines()
+    assert "x = 41" in lines
+    assert "bob" not in lines  # answers to input() are not code
