@@ -20,7 +20,8 @@ it as ``KeyboardInterrupt`` at either place:
 
 Lines are sent to the kernel's ``is_complete_request`` first, so a block
 (``for ...:``) is read over several lines, as in ``jupyter console``. Ctrl-D
-(or the kernel's ``exit``) leaves; the kernel keeps running. History is kept
+leaves and the kernel keeps running; the kernel's ``exit`` ends the kernel
+(ipykernel's doing) and the console with it. History is kept
 in ``<jupyter data dir>/kcclient_history`` (``~/.local/share/jupyter`` on
 Linux, ``$JUPYTER_DATA_DIR`` when set).
 """
@@ -93,6 +94,8 @@ class _Portal:
     options: dict[str, Any]
     session_id: str
     kernel_info: dict[str, Any] = attrs.field(factory=dict)
+    # The execution count the kernel will give the next cell.
+    next_count: int = 1
     _client: Any = None
     _channel: Any = None
     _nursery: trio.Nursery | None = None
@@ -143,6 +146,9 @@ class _Portal:
             ):
                 self._client, self._channel = client, channel
                 self.kernel_info = await channel.kernel_info()
+                # A silent, empty cell reports the last count without using one.
+                probe = await channel.execute("", silent=True, store_history=False)
+                self.next_count = (probe.execution_count or 0) + 1
                 self._token = trio.lowlevel.current_trio_token()
                 self._stop = trio.Event()
                 async with trio.open_nursery() as nursery:
@@ -200,7 +206,7 @@ def run_console(options: dict[str, Any], session_id: str) -> int:
     portal.start()
     history = _History.load()
     try:
-        return _Console(portal, TextOutput(), history=history).loop()
+        return _Console(portal, TextOutput(), portal.next_count, history).loop()
     finally:
         history.save()
         portal.stop()

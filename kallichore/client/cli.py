@@ -144,21 +144,22 @@ def _fail(name: str, message: str) -> None:
 
 
 def _explain(exc: KallichoreClientError, args: argparse.Namespace) -> str:
-    """The error line: a 401 says what token was sent and where it came from."""
+    """The error line: a 401 says which token was sent and where it came from."""
     if exc.status != 401:
         return str(exc)
     options = _server_options(args)
+    path = options.get("connection_file")
     if args.token is not None:
-        source = "the one given with --token"
-    elif options.get("connection_file") and options.get("token") is None:
-        path = options["connection_file"]
-        found = _token_in(path)
-        source = f"the one in {path}" if found else f"none: {path} has no bearer_token"
+        source = "sent the token given with --token"
+    elif path and _token_in(path):
+        source = f"sent the token from {path}"
+    elif path:
+        source = f"sent no token: {path} has no bearer_token"
     else:
-        source = "none: no --token and no connection file"
+        source = "sent no token: no --token and no connection file"
     return (
-        f"the server refused the bearer token (HTTP 401): it is wrong or missing; "
-        f"token used: {source}. Pass --token, or --connection-file of this server"
+        f"unauthorized (HTTP 401): the bearer token is wrong or missing ({source}); "
+        f"use --token TOKEN or the server's --connection-file"
     )
 
 

@@ -336,11 +336,12 @@ def test_401_says_which_token_and_where_from(env: dict[str, str], server: Channe
     wrong = _kcclient(env, "--token", "wrong", "list")
     assert wrong.returncode == 1
     assert "401" in wrong.stderr, wrong.stderr
-    assert "--token" in wrong.stderr, wrong.stderr
+    assert "sent the token given with --token" in wrong.stderr, wrong.stderr
+    execute = _kcclient(env, "--token", "wrong", "execute", "any", "1")
+    assert execute.stderr == wrong.stderr  # the channel says the same
     no_token = _kcclient(env, "--url", f"http://127.0.0.1:{server.port}", "list")
     assert no_token.returncode == 1
-    assert "none" in no_token.stderr, no_token.stderr
-    assert "connection file" in no_token.stderr, no_token.stderr
+    assert "sent no token: no --token and no connection file" in no_token.stderr, no_token.stderr
     assert no_token.stderr.count("\n") == 1
 
 
@@ -379,6 +380,7 @@ class _Terminal:
         )
         os.close(follower)
         self.seen = ""
+        self.log = ""
 
     def expect(self, text: str, timeout: float = EXPECT_TIMEOUT) -> str:
         """Read until ``text`` appears; return everything up to and including it."""
@@ -395,6 +397,7 @@ class _Terminal:
                 assert chunk, f"{text!r} not seen before EOF in:\n{self.seen}"
                 self.seen += chunk.decode("utf-8", "replace")
         head, _, self.seen = self.seen.partition(text)
+        self.log += head + text
         return head + text
 
     def prompt(self) -> str:
