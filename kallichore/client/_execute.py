@@ -149,12 +149,14 @@ async def execute_command(
             )
             return result
 
+        dropped = False
         try:
             result = await runner.run(job)
         except ExecutionDroppedError:
             if not runner.interrupts:
                 raise
-            result = None  # queued behind other work: the interrupt dropped it
+            # Queued behind other work: the interrupt made the server drop it.
+            result, dropped = None, True
     if closed:
         return EXIT_PIPE_CLOSED
     if as_json and result is not None:
@@ -163,7 +165,7 @@ async def execute_command(
         if stream.isatty():
             out.finish_line(stream)
     if runner.interrupts:
-        if result is None and runner.interrupts == 1:
+        if result is None and runner.interrupts == 1 and not dropped:
             print(
                 f"kcclient: the kernel did not answer the interrupt within "
                 f"{INTERRUPT_GRACE:g} s; it may still be busy",

@@ -121,7 +121,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcclient") -> int:
             from kallichore.client._console import run_console
 
             return run_console(_server_options(args), args.session_id)
-        return trio.run(_run, args)
+        code: int = trio.run(_run, args)
+        if code == EXIT_PIPE_CLOSED:
+            silence_stdout()  # what is still buffered must not be reported at exit
+        return code
     except KallichoreClientError as exc:
         _fail(name, _explain(exc, args))
     except _UsageError as exc:
