@@ -41,11 +41,12 @@ import attrs
 import trio
 from jupyter_core.paths import jupyter_data_dir
 
+from kallichore.client._channel import Channel
 from kallichore.client._errors import KallichoreClientError
 from kallichore.client._execute import INTERRUPT_GRACE, show
 from kallichore.client._models import ExecutionResult, InputRequest, Message
 from kallichore.client._output import TextOutput
-from kallichore.client._rest import open_client
+from kallichore.client._rest import KallichoreClient, open_client
 
 __all__ = ["HISTORY_FILE_NAME", "history_path", "run_console"]
 
@@ -96,8 +97,9 @@ class _Portal:
     kernel_info: dict[str, Any] = attrs.field(factory=dict)
     # The execution count the kernel will give the next cell.
     next_count: int = 1
-    _client: Any = None
-    _channel: Any = None
+    # Set once connected (before _ready), for the life of the trio thread.
+    _client: KallichoreClient | None = None
+    _channel: Channel | None = None
     _nursery: trio.Nursery | None = None
     _token: trio.lowlevel.TrioToken | None = None
     _stop: trio.Event | None = None
@@ -170,6 +172,7 @@ class _Portal:
             await answer.given.wait()
             return answer.value
 
+        assert self._channel is not None
         with run.scope:
             try:
                 result = await self._channel.execute(
@@ -183,6 +186,7 @@ class _Portal:
         run.events.put(("stopped", None))
 
     async def interrupt(self, run: _Run) -> None:
+        assert self._client is not None
         try:
             await self._client.interrupt_session(self.session_id)
         except KallichoreClientError as exc:
@@ -190,6 +194,7 @@ class _Portal:
 
     async def is_complete(self, code: str) -> tuple[str, str]:
         """The kernel's ``is_complete_reply`` (status, indent); ``unknown`` if none came in time."""
+        assert self._channel is not None
         with trio.move_on_after(IS_COMPLETE_TIMEOUT):
             reply: Message = await self._channel.request("is_complete_request", {"code": code})
             return str(reply.content.get("status", "unknown")), str(reply.content.get("indent", ""))
