@@ -59,20 +59,26 @@ def show(out: TextOutput, msg: Message) -> None:
         out.write_block(out.stderr, "\n".join(str(t) for t in content.get("traceback", [])))
 
 
-def result_document(result: ExecutionResult) -> dict[str, Any]:
-    """The ``--json`` document of an execution; tracebacks are plain text."""
-    outputs = [
-        {
-            "msg_type": m.msg_type,
-            "content": strip_ansi_deep(m.content) if m.msg_type == "error" else m.content,
-        }
-        for m in result.outputs
-    ]
+def result_document(
+    result: ExecutionResult | None, outputs: list[Message] | None = None
+) -> dict[str, Any]:
+    """The ``--json`` document of an execution; tracebacks are plain text.
+
+    Without a result (Ctrl-C ended the wait first) the status is
+    ``"interrupted"`` and ``outputs`` are those seen until then.
+    """
+    seen = result.outputs if result is not None else outputs or []
     return {
-        "status": result.status,
-        "execution_count": result.execution_count,
-        "outputs": outputs,
-        "error": strip_ansi_deep(unstructure(result.error)) if result.error else None,
+        "status": result.status if result is not None else "interrupted",
+        "execution_count": result.execution_count if result is not None else None,
+        "outputs": [
+            {
+                "msg_type": m.msg_type,
+                "content": strip_ansi_deep(m.content) if m.msg_type == "error" else m.content,
+            }
+            for m in seen
+        ],
+        "error": strip_ansi_deep(unstructure(result.error)) if result and result.error else None,
     }
 
 
@@ -131,8 +137,10 @@ async def execute_command(
     out = TextOutput()
     runner = _Interruptible(client, session_id, sys.stderr)
     closed: list[OutputClosedError] = []
+    seen: list[Message] = []
 
     def on_output(msg: Message) -> None:
+        seen.append(msg)
         if as_json or closed:
             return
         try:
@@ -159,8 +167,8 @@ async def execute_command(
             result, dropped = None, True
     if closed:
         return EXIT_PIPE_CLOSED
-    if as_json and result is not None:
-        print(json.dumps(result_document(result), indent=2))
+    if as_json:
+        print(json.dumps(result_document(result, seen), indent=2))
     for stream in (out.stdout, out.stderr):
         if stream.isatty():
             out.finish_line(stream)

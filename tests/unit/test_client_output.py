@@ -8,7 +8,7 @@ import os
 import pytest
 
 from kallichore import API_VERSION, __version__
-from kallichore.client._execute import show
+from kallichore.client._execute import result_document, show
 from kallichore.client._models import Message
 from kallichore.client._output import OutputClosedError, TextOutput, strip_ansi, wants_color
 from kallichore.client.cli import build_parser
@@ -122,3 +122,16 @@ def test_parser_knows_every_command() -> None:
         ["delete", "id"],
     ):
         assert parser.parse_args(argv).command == argv[0]
+
+
+def test_json_document_of_an_interrupted_wait_keeps_what_was_seen() -> None:
+    seen = [
+        _msg("stream", {"name": "stdout", "text": "go\n"}),
+        _msg("error", {"ename": "KeyboardInterrupt", "traceback": [RED_TRACEBACK]}),
+    ]
+    document = result_document(None, seen)
+    assert document["status"] == "interrupted"
+    assert document["execution_count"] is None
+    assert document["outputs"][0] == {"msg_type": "stream", "content": seen[0].content}
+    assert document["outputs"][1]["content"]["traceback"] == ["ZeroDivisionError: division by zero"]
+    assert document["error"] is None
