@@ -99,11 +99,18 @@ class _Interruptible:
                 return await job()
             return None
         with self.scope, trio.open_signal_receiver(signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch, signals, nursery)
-                result = await job()
-                nursery.cancel_scope.cancel()
-                return result
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch, signals, nursery)
+                    result = await job()
+                    nursery.cancel_scope.cancel()
+                    return result
+            except BaseExceptionGroup as group:
+                # The watcher never raises: what failed is the job; raise it
+                # as the job raised it (ExecutionDroppedError, ...).
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
         return None
 
     async def _watch(self, signals: Any, nursery: trio.Nursery) -> None:

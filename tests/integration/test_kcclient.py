@@ -187,6 +187,11 @@ def test_ctrl_c_on_a_kernel_that_ignores_it(server: ChannelServer, env: dict[str
         assert proc.returncode == 130, err
         assert waited < INTERRUPT_GRACE, waited
         assert "Traceback" not in err, err
+    gone = _kcclient(env, "execute", sid, "1")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("kcclient: "), gone.stderr
+    assert gone.stderr.count("\n") == 1, gone.stderr
+    assert "Group" not in gone.stderr, gone.stderr
 
 
 # ----------------------------------------------------------------- output
