@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from kallichore.api.converter import unstructure
-from kallichore.client._errors import ExecutionDroppedError, KallichoreClientError
+from kallichore.client._errors import ExecutionDroppedError, KallichoreClientError, unwrap_group
 from kallichore.client._models import ExecutionResult, InputRequest, Message
 from kallichore.client._output import OutputClosedError, TextOutput, strip_ansi_deep
 from kallichore.client._rest import KallichoreClient
@@ -98,19 +98,13 @@ class _Interruptible:
             with self.scope:
                 return await job()
             return None
-        with self.scope, trio.open_signal_receiver(signal.SIGINT) as signals:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch, signals, nursery)
-                    result = await job()
-                    nursery.cancel_scope.cancel()
-                    return result
-            except BaseExceptionGroup as group:
-                # The watcher never raises: what failed is the job; raise it
-                # as the job raised it (ExecutionDroppedError, ...).
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from None
-                raise
+        # The watcher never raises: what fails is the job (ExecutionDroppedError, ...).
+        with self.scope, trio.open_signal_receiver(signal.SIGINT) as signals, unwrap_group():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, signals, nursery)
+                result = await job()
+                nursery.cancel_scope.cancel()
+                return result
         return None
 
     async def _watch(self, signals: Any, nursery: trio.Nursery) -> None:

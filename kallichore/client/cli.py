@@ -22,7 +22,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from kallichore import version_line
 from kallichore.api.converter import unstructure
-from kallichore.client._errors import KallichoreClientError
+from kallichore.client._errors import KallichoreClientError, unwrap_group
 from kallichore.client._execute import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, execute_command
 from kallichore.client._kernelspec import find_kernelspec, list_kernelspecs
 from kallichore.client._output import OutputClosedError, silence_stdout
@@ -268,30 +268,36 @@ async def _list(client: KallichoreClient, as_json: bool) -> int:
 
 
 async def _with_progress(job: Any, label: str) -> Any:
-    """Await ``job``, showing a spinner on stderr if it is a terminal."""
+    """Await ``job``, showing a spinner on stderr if it is a terminal.
+
+    Errors:
+        Whatever ``job`` raises, as it raised it.
+    """
     if not sys.stderr.isatty():
         return await job
-    result: list[Any] = []
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_spin, label)
+            try:
+                return await job
+            finally:
+                nursery.cancel_scope.cancel()
 
-    async def run_job(cancel_scope: trio.CancelScope) -> None:
-        result.append(await job)
-        cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_job, nursery.cancel_scope)
-        i = 0
-        start = trio.current_time()
-        try:
-            while True:
-                elapsed = trio.current_time() - start
-                sys.stderr.write(f"\r{SPINNER[i % len(SPINNER)]} {label} ({elapsed:.1f} s)")
-                sys.stderr.flush()
-                i += 1
-                await trio.sleep(SPINNER_PERIOD)
-        finally:
-            sys.stderr.write("\r\x1b[K")
+async def _spin(label: str) -> None:
+    """Show ``label`` with a spinner and the elapsed time until cancelled, then clear the line."""
+    i = 0
+    start = trio.current_time()
+    try:
+        while True:
+            elapsed = trio.current_time() - start
+            sys.stderr.write(f"\r{SPINNER[i % len(SPINNER)]} {label} ({elapsed:.1f} s)")
             sys.stderr.flush()
-    return result[0] if result else None
+            i += 1
+            await trio.sleep(SPINNER_PERIOD)
+    finally:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
 async def _start(client: KallichoreClient, args: argparse.Namespace) -> int:

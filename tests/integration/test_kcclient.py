@@ -353,15 +353,21 @@ def test_401_says_which_token_and_where_from(env: dict[str, str], server: Channe
 def test_failed_start_leaves_no_session(env: dict[str, str], tmp_path: Path) -> None:
     spec_dir = tmp_path / "data" / "kernels" / "broken"
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(
-        json.dumps({"argv": [sys.executable, "-c", "import sys; sys.exit(3)"]})
-    )
+    code = "import sys; print('no luck today'); sys.exit(3)"
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-c", code]}))
     sid = f"kc-broken-{uuid.uuid4().hex[:8]}"
     started = _kcclient(env, "start", "--kernel", "broken", "--id", sid)
     assert started.returncode == 1
-    assert started.stderr.startswith("kcclient: ") or "\nkcclient: " in started.stderr
+    assert started.stderr.startswith("no luck today\nkcclient: "), started.stderr
+    assert started.stderr.count("\n") == 2, started.stderr
+    # On a terminal (with the spinner) the same, not a wrapped error.
+    shown = _on_a_terminal(env, "start", "--kernel", "broken", "--id", sid + "-tty")
+    assert "no luck today\r\nkcclient: " in shown, shown
+    assert "Group" not in shown, shown
     listed = _kcclient(env, "list", "--json")
-    assert sid not in [s["session_id"] for s in json.loads(listed.stdout)]
+    left = [s["session_id"] for s in json.loads(listed.stdout)]
+    assert sid not in left
+    assert sid + "-tty" not in left
 
 
 # ---------------------------------------------------------------- console
