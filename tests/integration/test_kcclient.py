@@ -89,18 +89,15 @@ def _argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "kallichore.client.cli", *args]
 
 
-def _kcclient(
-    env: dict[str, str], *args: str, **options: object
-) -> subprocess.CompletedProcess[str]:
-    options.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+def _kcclient(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         _argv(*args),
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT,
         env=env,
         cwd=REPO_ROOT,
-        **options,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -309,7 +306,7 @@ def test_kernelspecs_needs_no_server(env: dict[str, str], tmp_path: Path) -> Non
 def test_connection_file_works_with_jupyter_client(
     env: dict[str, str], session: str, tmp_path: Path
 ) -> None:
-    from jupyter_client.blocking import BlockingKernelClient
+    from jupyter_client import BlockingKernelClient
 
     written = _kcclient(env, "connection-file", session)
     assert written.returncode == 0, written.stderr
