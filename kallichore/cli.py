@@ -33,7 +33,7 @@ from typing import NoReturn
 import attrs
 import trio
 
-from kallichore import API_VERSION, __version__
+from kallichore import API_VERSION, __version__, version_line
 from kallichore.config import (
     DEFAULT_CLIENT_BUFFER_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -97,7 +97,7 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "-V",
         "--version",
         action="version",
-        version=f"kcserver {API_VERSION} (kallichore {__version__})",
+        version=version_line("kcserver"),
     )
     parser.add_argument(
         "-p",
@@ -432,11 +432,15 @@ def module_main(argv: Sequence[str] | None = None) -> NoReturn:
     if args and args[0] == "serve":
         main(args[1:], prog="python -m kallichore serve")
     if args and args[0] in ("-V", "--version"):
-        print(f"kallichore {__version__} (Kallichore API {API_VERSION})")
+        print(version_line("python -m kallichore"))
         sys.exit(0)
-    print("usage: python -m kallichore serve [kcserver flags]", file=sys.stderr)
-    print("       python -m kallichore client <command> [options]", file=sys.stderr)
-    print("       python -m kallichore serve --help | client --help", file=sys.stderr)
+    # Asked-for help goes to stdout (so it can be paged); a usage error to stderr.
+    asked = bool(args) and args[0] in ("-h", "--help")
+    out = sys.stdout if asked else sys.stderr
+    print("usage: python -m kallichore serve [kcserver flags]", file=out)
+    print("       python -m kallichore client <command> [options]", file=out)
+    print("       python -m kallichore serve --help | client --help", file=out)
+    print("       python -m kallichore --version", file=out)
     with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+        out.flush()
+    sys.exit(0 if asked else 2)

@@ -112,7 +112,9 @@ class SessionRegistry:
         session = self.get(session_id)
         if session.is_running():
             raise SessionStateError(
-                ErrorCode.SESSION_RUNNING, f"Session {session_id} is running", http_status=400
+                ErrorCode.SESSION_RUNNING,
+                f"Session {session_id} is running; kill it first",
+                http_status=400,
             )
         del self._sessions[session_id]
         session.release_resources()

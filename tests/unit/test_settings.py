@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kallichore.cli import CLIENT_SECTION, build_parser
-from kallichore.client.cli import _parser as client_parser
+from kallichore.client.cli import build_parser as client_parser
 from kallichore.settings import LayeredArgs, parse_layered
 
 
