@@ -42,10 +42,12 @@ class DroppedMessageLog:
 
     Args:
         owner: how log lines name the session (its ``repr``).
+        log: where the lines go (the session's logger).
         clock: seconds, monotonic.
     """
 
     owner: str
+    log: logging.Logger = logger
     clock: Callable[[], float] = time.monotonic
     #: Messages dropped since the log was made.
     total: int = attrs.field(default=0, init=False)
@@ -62,7 +64,7 @@ class DroppedMessageLog:
             self._seen.add(reason)
             self._last_summary = self.clock()
             advice = _ADVICE.get(reason)
-            logger.warning(
+            self.log.warning(
                 "%s: dropped a %s message from the kernel: %s%s",
                 self.owner,
                 channel,
@@ -84,7 +86,7 @@ class DroppedMessageLog:
             return
         count = sum(self._pending.values())
         reasons = ", ".join(f"{n} {reason}" for reason, n in self._pending.most_common())
-        logger.warning(
+        self.log.warning(
             "%s: dropped %d more kernel message(s) (%s); %d in all",
             self.owner,
             count,

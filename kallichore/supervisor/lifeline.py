@@ -74,7 +74,7 @@ while True:
         break
     *lines, pending = (pending + chunk).split(b"\\n")
     for line in lines:
-        if line[:1] == b"+":
+        if line[:1] == b"+" and int(line[1:]) > 1:
             groups.add(int(line[1:]))
         elif line[:1] == b"-":
             groups.discard(int(line[1:]))
