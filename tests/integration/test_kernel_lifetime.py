@@ -71,9 +71,7 @@ def servers() -> Iterator[list[KernelServer]]:
         server.stop()
 
 
-def start_server(
-    made: list[KernelServer], marker: str, workdir: str, *flags: str
-) -> KernelServer:
+def start_server(made: list[KernelServer], marker: str, workdir: str, *flags: str) -> KernelServer:
     server = KernelServer(workdir, marker, args=flags)
     made.append(server)
     return server.start()

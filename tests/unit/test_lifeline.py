@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -65,13 +65,11 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
-async def wait_until(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    with trio.move_on_after(timeout):
-        while not predicate():
+async def wait_until(predicate: Callable[[], bool], bound: float) -> None:
+    """Poll ``predicate`` until true; fails the test after ``bound`` seconds."""
+    with trio.fail_after(bound):
+        while not predicate():  # noqa: ASYNC110 -- nothing to wait on but the OS
             await trio.sleep(POLL)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
@@ -86,24 +84,24 @@ def groups() -> Iterator[list[int]]:
 
 async def test_a_sigkilled_server_takes_its_kernel_groups_with_it(groups: list[int]) -> None:
     env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-    server = subprocess.Popen(
+    server = await trio.lowlevel.open_process(
         [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, env=env, start_new_session=True
     )
     try:
         assert server.stdout is not None
-        line = await trio.to_thread.run_sync(server.stdout.readline)
+        line = await server.stdout.receive_some()
         kernel_pid = int(line)
         groups.append(kernel_pid)
-        await wait_until(lambda: len(group_members(kernel_pid)) == 2, 10, "the kernel's child")
+        await wait_until(lambda: len(group_members(kernel_pid)) == 2, 10)
         environ = psutil.Process(kernel_pid).environ()
         assert environ.get(PARENT_PID_VARIABLE) == str(server.pid)
     finally:
         server.send_signal(signal.SIGKILL)
-        server.wait()
+        await server.wait()
         if server.stdout is not None:
-            server.stdout.close()
+            await server.stdout.aclose()
     began = trio.current_time()
-    await wait_until(lambda: not group_members(kernel_pid), GONE_WITHIN, "the group to die")
+    await wait_until(lambda: not group_members(kernel_pid), GONE_WITHIN)
     print(f"group gone {trio.current_time() - began:.3f} s after the server")
 
 
@@ -134,9 +132,7 @@ async def test_a_reaped_kernel_is_forgotten_and_a_dead_watchdog_is_replaced(
     # Leaving the block closes our end: the new watchdog kills what is still
     # listed (second and third), and nothing else.
     await wait_until(
-        lambda: not group_members(second.pid) and not group_members(third.pid),
-        GONE_WITHIN,
-        "the listed groups to die",
+        lambda: not group_members(second.pid) and not group_members(third.pid), GONE_WITHIN
     )
     for proc in (second, third):
         await proc.wait()
