@@ -41,12 +41,12 @@ class DroppedMessageLog:
     """Counts one session's dropped kernel messages and logs them in summaries.
 
     Args:
-        owner: how log lines name the session (its ``repr``).
+        owner: the session, as log lines name it (``%r``, at logging time).
         log: where the lines go (the session's logger).
         clock: seconds, monotonic.
     """
 
-    owner: str
+    owner: object
     log: logging.Logger = logger
     clock: Callable[[], float] = time.monotonic
     #: Messages dropped since the log was made.
@@ -65,7 +65,7 @@ class DroppedMessageLog:
             self._last_summary = self.clock()
             advice = _ADVICE.get(reason)
             self.log.warning(
-                "%s: dropped a %s message from the kernel: %s%s",
+                "%r: dropped a %s message from the kernel: %s%s",
                 self.owner,
                 channel,
                 reason,
@@ -87,7 +87,7 @@ class DroppedMessageLog:
         count = sum(self._pending.values())
         reasons = ", ".join(f"{n} {reason}" for reason, n in self._pending.most_common())
         self.log.warning(
-            "%s: dropped %d more kernel message(s) (%s); %d in all",
+            "%r: dropped %d more kernel message(s) (%s); %d in all",
             self.owner,
             count,
             reasons,

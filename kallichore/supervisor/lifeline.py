@@ -61,6 +61,7 @@ WATCHDOG_EXIT_GRACE = 2.0  # seconds
 # SIGINT is ignored so that a Ctrl-C in the server's terminal cannot kill it
 # before it has done its job.
 _WATCHDOG_PROGRAM = """\
+# kallichore kernel lifeline: kills the server's kernels if the server dies
 import os, signal
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 groups = set()

@@ -23,6 +23,11 @@ closed once the pump has drained them (bounded) -- no zombies, no leaked fds.
 Calling it after the kernel exited on its own is cheap and still does the
 group cleanup.
 
+Given a :class:`~kallichore.supervisor.lifeline.Lifeline`, the spawn registers
+the kernel's group with the watchdog that kills it should the server die
+without getting here, and :func:`terminate_process_group` takes it off once
+the group is gone.
+
 Exit codes follow Python's convention: the exit status for a normal exit,
 ``-signum`` for death by a signal (``-9`` after SIGKILL). Kallichore reports
 ``-1`` for every signal death; the API layer may map ours if it must.

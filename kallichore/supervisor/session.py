@@ -281,7 +281,7 @@ class KernelSession:
         self.input_prompt = self.spec.input_prompt
         self.continuation_prompt = self.spec.continuation_prompt
         self._signer = Signer(self.key.encode("ascii"))
-        self._drops = DroppedMessageLog(repr(self), logger)
+        self._drops = DroppedMessageLog(self, logger)
 
     def __repr__(self) -> str:
         return f"<KernelSession {self.spec.session_id!r} {self.status.value}>"
