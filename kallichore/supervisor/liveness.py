@@ -151,6 +151,15 @@ class AdoptedKernelProbe:
     info: ConnectionInfo
     process: tuple[int, float] | None = None
 
+    async def learn_process(self) -> None:
+        """Look for the kernel's process now (see :func:`learn_kernel_process`).
+
+        Run it while the kernel is surely alive (right after adoption), in
+        the background: it reads the system's socket table.
+        """
+        self.process = await learn_kernel_process(self.info)
+        logger.debug("adopted kernel at %s: process %s", self.info.ip, self.pid)
+
     @property
     def pid(self) -> int | None:
         """The kernel's pid, if it was learned at adoption."""

@@ -65,11 +65,7 @@ from kallichore.session.state import SessionStatus, StatusTracker
 from kallichore.supervisor import launch
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.lifeline import Lifeline
-from kallichore.supervisor.liveness import (
-    AdoptedKernelProbe,
-    learn_kernel_process,
-    monitor_heartbeat,
-)
+from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortPickError, PortReservations
 from kallichore.supervisor.process import (
@@ -1214,7 +1210,9 @@ class KernelSession:
             signer = Signer(info.key.encode("ascii"), info.signature_scheme)
         except (LocalProtocolError, UnicodeEncodeError) as exc:
             raise KallichoreError(
-                ErrorCode.SESSION_CONNECTION_FAILED, f"Cannot sign for the adopted kernel: {exc}"
+                ErrorCode.SESSION_CONNECTION_FAILED,
+                f"Cannot sign for the adopted kernel: {exc}",
+                http_status=400,
             ) from None
         self._busy_starting = True
         try:
@@ -1249,7 +1247,6 @@ class KernelSession:
                             monitor = monitor_events(inc.sockets.hb, zmq.EVENT_DISCONNECTED)
                             stack.callback(monitor.close)
                             kernel_info = await self._connect(inc, nursery)
-                            probe = AdoptedKernelProbe(info, await learn_kernel_process(info))
                     except trio.TooSlowError:
                         failure = KallichoreError(
                             ErrorCode.SESSION_CONNECTION_TIMEOUT,
@@ -1269,6 +1266,8 @@ class KernelSession:
                         inc.starting = False
                         started = True
                         task_status.started(kernel_info)
+                        probe = AdoptedKernelProbe(info)
+                        nursery.start_soon(probe.learn_process)
                         nursery.start_soon(self._monitor_heartbeat, inc, probe)
                         await monitor.receive_multipart()
                         logger.info("%r: the adopted kernel's sockets disconnected", self)

@@ -197,6 +197,9 @@ def test_kernels_outlive_the_server_when_asked_and_a_new_server_adopts_them(
         second = start_server(servers, marker, workdir)
         second.create("adopter", argv=[])
         assert second.connection_info("adopter")["key"] != info["key"]
+        res = second.put("/sessions/adopter/adopt", {**info, "signature_scheme": "hmac-md5"})
+        assert res.status == 400, res
+        assert "hmac-md5" in res.json()["message"], res
         res = second.put("/sessions/adopter/adopt", info)
         assert res.status == 200, f"{res}\n{second.log()[-3000:]}"
         assert res.json()["language_info"]["name"] == "python"

@@ -67,6 +67,9 @@ async def test_learns_the_pid_of_the_listener(
     learned = await learn_kernel_process(info)
     assert learned is not None
     assert learned[0] == proc.pid
+    probe = AdoptedKernelProbe(info)
+    await probe.learn_process()
+    assert probe.pid == proc.pid
 
 
 @pytest.mark.parametrize("know_pid", [True, False], ids=["pid", "ports-only"])
