@@ -27,6 +27,8 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "__init__.py",
         PACKAGE_ROOT / "api" / "ws_frames.py",
         PACKAGE_ROOT / "session" / "envelope.py",
+        PACKAGE_ROOT / "supervisor" / "policy.py",
+        PACKAGE_ROOT / "supervisor" / "dropped_messages.py",
     ]
 )
 
