@@ -158,6 +158,10 @@ class Lifeline:
         if self._fd is None:
             return
         try:
+            # A watchdog known to be dead is not written to (a host program
+            # that restored SIGPIPE's default action would die of the write).
+            if self._process is not None and self._process.returncode is not None:
+                raise BrokenPipeError("the watchdog exited")
             os.write(self._fd, line.encode("ascii"))
         except OSError as exc:
             # BrokenPipeError: the watchdog died; BlockingIOError: it stopped
