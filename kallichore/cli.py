@@ -169,6 +169,18 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         f"oldest output is dropped beyond it (default {DEFAULT_CLIENT_BUFFER_BYTES})",
     )
     parser.add_argument(
+        "--allow-unsigned-kernel-messages",
+        action="store_true",
+        help="accept kernel messages with an empty signature (for kernels that do not "
+        "sign); by default they are dropped and counted in the log",
+    )
+    parser.add_argument(
+        "--kernels-outlive-server",
+        action="store_true",
+        help="leave kernels running if the server dies without stopping them, so a new "
+        "server can adopt them; by default they die with it",
+    )
+    parser.add_argument(
         "--api-version",
         default=API_VERSION,
         help=f"Kallichore version to report in /status (default {API_VERSION})",
@@ -260,6 +272,8 @@ def _build_config(parsed: LayeredArgs, log_level: str | None) -> tuple[ServerCon
         server_path=default_server_path(),
         max_message_bytes=args.max_message_size,
         client_buffer_bytes=args.client_buffer_size,
+        allow_unsigned_kernel_messages=args.allow_unsigned_kernel_messages,
+        kernels_outlive_server=args.kernels_outlive_server,
     )
     return config, generated
 

@@ -260,6 +260,12 @@ class ServerConfig:
         client_buffer_bytes: bound on the frames buffered per session while
             its client is away or slow; the oldest output is dropped beyond
             it (and the client told how many).
+        allow_unsigned_kernel_messages: accept messages with an empty
+            signature from kernels although the session has a key (for
+            kernels that do not sign); by default they are dropped.
+        kernels_outlive_server: leave kernels running when the server dies
+            without stopping them (SIGKILL, crash), so that a new server can
+            adopt them; by default they die with it.
     """
 
     transport: Transport = Transport.TCP
@@ -277,3 +283,5 @@ class ServerConfig:
     server_path: str = attrs.field(factory=default_server_path)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     client_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES
+    allow_unsigned_kernel_messages: bool = False
+    kernels_outlive_server: bool = False

@@ -59,6 +59,7 @@ from kallichore.api.envelope import parse_client_frame
 from kallichore.api.execution import ExecutionResult
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor import execution
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 from kallichore.supervisor.session import ClientAttachment, KernelSession, SessionSpec
 
@@ -542,8 +543,16 @@ class Supervisor:
 
 
 @contextlib.asynccontextmanager
-async def open_supervisor() -> AsyncIterator[Supervisor]:
+async def open_supervisor(
+    *, allow_unsigned_kernel_messages: bool = False, kernels_outlive_server: bool = False
+) -> AsyncIterator[Supervisor]:
     """Run a supervisor (sessions, kernels; no HTTP) for the duration of the block.
+
+    The two options are :class:`~kallichore.config.ServerConfig`'s fields of
+    the same names (``--allow-unsigned-kernel-messages`` and
+    ``--kernels-outlive-server``): by default a kernel message with an empty
+    signature is dropped, and kernels die with this process even when it is
+    killed without leaving the block.
 
     Leaving the block stops every kernel, concurrently, each through its own
     bounded ladder (``shutdown_request``, then SIGTERM, then SIGKILL of the
@@ -559,7 +568,12 @@ async def open_supervisor() -> AsyncIterator[Supervisor]:
         shielded, each bounded (a few seconds at most), so the ``async with``
         exits promptly and cleanly.
     """
-    registry = SessionRegistry()
+    registry = SessionRegistry(
+        kernel_policy=KernelPolicy(
+            allow_unsigned_messages=allow_unsigned_kernel_messages,
+            outlive_server=kernels_outlive_server,
+        )
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
         try:

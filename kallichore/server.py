@@ -49,6 +49,7 @@ from kallichore.idle import IdleWatcher
 from kallichore.listener import BoundListener, bind_listener
 from kallichore.memory import MemoryTrimmer
 from kallichore.resources import ResourceSampler
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 
 __all__ = ["Server", "ServerAddress", "serve"]
@@ -116,6 +117,10 @@ class Server:
             channel_socket_dir(self.config), max_message_bytes=self.config.max_message_bytes
         )
         self.registry.client_buffer_bytes = self.config.client_buffer_bytes
+        self.registry.kernel_policy = KernelPolicy(
+            allow_unsigned_messages=self.config.allow_unsigned_kernel_messages,
+            outlive_server=self.config.kernels_outlive_server,
+        )
         self.idle_shutdown_hours = self.config.idle_shutdown_hours
         self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(

@@ -23,6 +23,11 @@ closed once the pump has drained them (bounded) -- no zombies, no leaked fds.
 Calling it after the kernel exited on its own is cheap and still does the
 group cleanup.
 
+Given a :class:`~kallichore.supervisor.lifeline.Lifeline`, the spawn registers
+the kernel's group with the watchdog that kills it should the server die
+without getting here, and :func:`terminate_process_group` takes it off once
+the group is gone.
+
 Exit codes follow Python's convention: the exit status for a normal exit,
 ``-signum`` for death by a signal (``-9`` after SIGKILL). Kallichore reports
 ``-1`` for every signal death; the API layer may map ours if it must.
@@ -39,12 +44,15 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 import attrs
 import trio
 
+from kallichore.supervisor.lifeline import Lifeline
+
 __all__ = [
     "KILL_WARN_AFTER",
     "MAX_LINE_BYTES",
     "OUTPUT_DRAIN_GRACE",
     "READ_CHUNK_BYTES",
     "KernelProcess",
+    "describe_status",
     "spawn_kernel_process",
     "terminate_process_group",
 ]
@@ -59,6 +67,17 @@ OUTPUT_DRAIN_GRACE = 1.0  # seconds the pump gets to reach EOF once the group is
 #: Signature of the callback :meth:`KernelProcess.pump_output` feeds:
 #: ``emit(stream_name, line)`` with stream_name ``"stdout"`` or ``"stderr"``.
 EmitLine = Callable[[str, str], None]
+
+
+def describe_status(code: int) -> str:
+    """``exit status: 1`` or ``signal: 9 (SIGKILL)``, as Kallichore words it."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"signal: {-code}"
+        return f"signal: {-code} ({name})"
+    return f"exit status: {code}"
 
 
 def _describe_exit(code: int) -> str:
@@ -104,6 +123,8 @@ class KernelProcess:
     # The trio process; its stdout/stderr are pipes owned by pump_output (or
     # closed by aclose_pipes), its stdin is /dev/null.
     _process: trio.Process = attrs.field(alias="process")
+    # Told of the group while it may be alive (None: kernels outlive us).
+    _lifeline: Lifeline | None = attrs.field(default=None, alias="lifeline")
     # True once pump_output has started; it may run only once.
     _pump_started: bool = attrs.field(default=False, init=False)
     # Set when pump_output has finished with both pipes (and closed them).
@@ -164,6 +185,11 @@ class KernelProcess:
         if self.returncode is not None:
             return False
         return self.signal_group(signal.SIGINT)
+
+    def forget_group(self) -> None:
+        """The group is gone (leader reaped, group swept): take it off the lifeline."""
+        if self._lifeline is not None:
+            self._lifeline.forget(self.pgid)
 
     def kill_group(self) -> bool:
         """Send SIGKILL to the kernel's group (kernel and any children left in it).
@@ -292,9 +318,13 @@ class KernelProcess:
 
 
 async def spawn_kernel_process(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: str
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: str, lifeline: Lifeline | None = None
 ) -> KernelProcess:
     """Start a kernel (or its wrapping shell) as the leader of a new session.
+
+    With a ``lifeline`` the kernel dies with the server (see
+    :mod:`kallichore.supervisor.lifeline`): its group is registered with the
+    watchdog and its environment names the server in ``JPY_PARENT_PID``.
 
     stdin is ``/dev/null`` (Kallichore lets kernels inherit the server's
     stdin); stdout and stderr are pipes for :meth:`KernelProcess.pump_output`.
@@ -303,6 +333,8 @@ async def spawn_kernel_process(
         argv: the command line, usually ``LaunchPlan.argv``; non-empty.
         env: the child's complete environment.
         cwd: the child's working directory.
+        lifeline: the server's lifeline, or ``None`` to let the kernel
+            outlive the server.
 
     Returns:
         The running process. Its owner must eventually call
@@ -323,6 +355,9 @@ async def spawn_kernel_process(
     """
     if not argv:
         raise ValueError("argv must not be empty")
+    if lifeline is not None:
+        await lifeline.ensure_started()
+        env = lifeline.kernel_env(env)
     process = await trio.lowlevel.open_process(
         list(argv),
         env=dict(env),
@@ -332,7 +367,9 @@ async def spawn_kernel_process(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    kernel = KernelProcess(process=process)
+    kernel = KernelProcess(process=process, lifeline=lifeline)
+    if lifeline is not None:
+        lifeline.watch(kernel.pgid)
     logger.debug("spawned %r: %s", kernel, list(argv))
     return kernel
 
@@ -413,6 +450,7 @@ async def terminate_process_group(
         # The leader is reaped; sweep the children it left in its group.
         if proc.kill_group():
             logger.info("%r: killed processes left in its group", proc)
+        proc.forget_group()
 
         if proc.output_pump_started:
             with trio.move_on_after(OUTPUT_DRAIN_GRACE):

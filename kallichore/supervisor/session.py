@@ -8,7 +8,7 @@ Task tree of a running kernel (one *incarnation*; a restart makes a new one)::
         ├── KernelProcess.pump_output      stdout/stderr lines -> ``output`` events
         ├── _read_iopub                    status tracking, forwarding
         ├── _read_replies (shell/control/stdin)
-        └── _monitor_heartbeat             offline / back online
+        └── liveness.monitor_heartbeat     offline / back online (/ gone, if adopted)
 
 Start is ``await registry_nursery.start(session._run_kernel)``: everything
 before ``task_status.started(kernel_info)`` -- spawning, the JEP 66 handshake
@@ -38,7 +38,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,9 +63,14 @@ from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
 from kallichore.session.state import SessionStatus, StatusTracker
 from kallichore.supervisor import launch
+from kallichore.supervisor.dropped_messages import DroppedMessageLog
+from kallichore.supervisor.lifeline import Lifeline
+from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortPickError, PortReservations
 from kallichore.supervisor.process import (
     KernelProcess,
+    describe_status,
     spawn_kernel_process,
     terminate_process_group,
 )
@@ -74,7 +78,7 @@ from kallichore.transport.zmq import (
     KernelSockets,
     TransportError,
     TrioZmqSocket,
-    heartbeat_once,
+    monitor_events,
     open_kernel_sockets,
     open_registration_socket,
     wait_stdin_connected,
@@ -99,10 +103,6 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_POLITE_GRACE = 5.0  # seconds
 #: Wait for a kernel to exit after SIGTERM.
 SHUTDOWN_TERM_GRACE = 3.0  # seconds
-#: A heartbeat reply later than this marks the kernel offline.
-HEARTBEAT_TIMEOUT = 5.0  # seconds
-#: Pause between heartbeats.
-HEARTBEAT_INTERVAL = 2.0  # seconds
 #: How long to wait for an iopub message before asking for kernel_info again
 #: to prove the iopub subscription (kernels without a JEP 65 welcome).
 IOPUB_CONFIRM_INTERVAL = 0.25  # seconds
@@ -243,6 +243,9 @@ class KernelSession:
     _nursery: trio.Nursery
     _ports: PortReservations
     _on_activity: Callable[[], None] = lambda: None
+    policy: KernelPolicy = attrs.field(factory=KernelPolicy)
+    #: Kills our kernels if the server dies (None: they may outlive it).
+    _lifeline: Lifeline | None = None
     #: Private directory (0700) for connection and registration files.
     _files_dir: str = attrs.field(factory=tempfile.gettempdir)
     key: str = attrs.field(factory=generate_key, repr=False)
@@ -271,7 +274,9 @@ class KernelSession:
     _restarting: bool = attrs.field(default=False, init=False)
     # Woken whenever the outbox gains a frame.
     outbox_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    # Signs and checks the current kernel's messages (an adopted one's own key).
     _signer: Signer = attrs.field(init=False, repr=False)
+    _drops: DroppedMessageLog = attrs.field(init=False, repr=False)
     # Kernel messages -> client frames (caches the current parent header).
     _envelopes: EnvelopeEncoder = attrs.field(factory=EnvelopeEncoder, init=False, repr=False)
     _resource_procs: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
@@ -290,6 +295,7 @@ class KernelSession:
         self.input_prompt = self.spec.input_prompt
         self.continuation_prompt = self.spec.continuation_prompt
         self._signer = Signer(self.key.encode("ascii"))
+        self._drops = DroppedMessageLog(self, logger)
 
     def __repr__(self) -> str:
         return f"<KernelSession {self.spec.session_id!r} {self.status.value}>"
@@ -594,7 +600,7 @@ class KernelSession:
         )
         return StartupError(
             ErrorCode.PROCESS_ABNORMAL_EXIT,
-            f"The process exited abnormally ({_describe_status(code)})",
+            f"The process exited abnormally ({describe_status(code)})",
             details,
             exit_code=code,
             output=output,
@@ -606,6 +612,7 @@ class KernelSession:
         spec = self.spec
         self.set_status(SessionStatus.STARTING, "start API called")
         jep66 = uses_registration_handshake(spec.protocol_version)
+        self._signer = Signer(self.key.encode("ascii"))
         inc = _Incarnation(process=None)
         plan: launch.LaunchPlan | None = None
         started = False
@@ -650,7 +657,9 @@ class KernelSession:
                     env=env,
                 )
                 try:
-                    inc.process = await spawn_kernel_process(list(plan.argv), env=env, cwd=cwd)
+                    inc.process = await spawn_kernel_process(
+                        list(plan.argv), env=env, cwd=cwd, lifeline=self._lifeline
+                    )
                 except OSError as exc:
                     raise StartupError(
                         ErrorCode.PROCESS_START_FAILED,
@@ -849,14 +858,14 @@ class KernelSession:
             "%r: kernel process %d exited (%s)",
             self,
             inc.process.pid,
-            _describe_status(inc.exit_code),
+            describe_status(inc.exit_code),
         )
         inc.scope.cancel()
 
     async def _read_iopub(self, inc: _Incarnation) -> None:
         assert inc.sockets is not None
         iopub = inc.sockets.iopub
-        deserializer = Deserializer(self._signer, ReplayWindow())
+        deserializer = self._kernel_deserializer()
         priority = self.priority
         flooded = False
         while True:
@@ -884,7 +893,7 @@ class KernelSession:
                 try:
                     msg = deserializer.receive_frames(frames)
                 except RemoteProtocolError as exc:
-                    logger.warning("%r: dropped an iopub message: %s", self, exc)
+                    self._drops.record("iopub", str(exc))
                     continue
                 inc.iopub_seen.set()
                 msg_type = msg.msg_type
@@ -935,14 +944,14 @@ class KernelSession:
             self.set_status(SessionStatus.IDLE, reason, wake=False)
 
     async def _read_replies(self, inc: _Incarnation, channel: str) -> None:
-        sock = _socket_for(inc, channel)
-        deserializer = Deserializer(self._signer, ReplayWindow())
+        sock = _dealer(inc, channel)
+        deserializer = self._kernel_deserializer()
         while True:
             frames = await sock.receive_multipart()
             try:
                 msg = deserializer.receive_frames(frames)
             except RemoteProtocolError as exc:
-                logger.warning("%r: dropped a %s message: %s", self, channel, exc)
+                self._drops.record(channel, str(exc))
                 continue
             waiter = inc.replies.get(msg.parent_msg_id or "")
             if waiter is not None:
@@ -955,25 +964,17 @@ class KernelSession:
             if channel == "shell":
                 inc.last_shell_reply_to = msg.parent_msg_id
 
-    async def _monitor_heartbeat(self, inc: _Incarnation) -> None:
+    def _kernel_deserializer(self) -> Deserializer:
+        accept_unsigned = self.policy.allow_unsigned_messages
+        return Deserializer(self._signer, ReplayWindow(), accept_unsigned=accept_unsigned)
+
+    async def _monitor_heartbeat(
+        self, inc: _Incarnation, probe: AdoptedKernelProbe | None = None
+    ) -> None:
         assert inc.sockets is not None
-        before_offline = SessionStatus.IDLE
-        while True:
-            with trio.move_on_after(HEARTBEAT_TIMEOUT) as scope:
-                await heartbeat_once(inc.sockets.hb)
-            if scope.cancelled_caught:
-                if self.status is not SessionStatus.OFFLINE:
-                    before_offline = self.status
-                    logger.warning("%r: no heartbeat for %g s; offline", self, HEARTBEAT_TIMEOUT)
-                    self.set_status(SessionStatus.OFFLINE, "lost heartbeat")
-                continue
-            if self.status is SessionStatus.OFFLINE:
-                logger.info("%r: heartbeat is back", self)
-                back = (
-                    before_offline if before_offline is SessionStatus.BUSY else SessionStatus.IDLE
-                )
-                self.set_status(back, "heartbeat detected after offline")
-            await trio.sleep(HEARTBEAT_INTERVAL)
+        beat = (self._drops.flush_if_due,)
+        gone = inc.scope.cancel
+        await monitor_heartbeat(inc.sockets.hb, self, probe=probe, on_gone=gone, on_beat=beat)
 
     def _check_working_directory(self) -> None:
         pid = self.process_id
@@ -1028,7 +1029,7 @@ class KernelSession:
             content=content if isinstance(content, bytes) else orjson.dumps(content),
             buffers=buffers,
         )
-        sock = _socket_for(inc, channel)
+        sock = _dealer(inc, channel)
         lock = inc.send_lock
         try:
             lock.acquire_nowait()  # the usual case: no scheduler pass on the way in
@@ -1259,7 +1260,7 @@ class KernelSession:
     ) -> None:
         try:
             if working_directory:
-                resolved = _resolve_directory(working_directory)
+                resolved = launch.resolve_directory(working_directory)
                 if resolved is not None:
                     self.working_directory = resolved
                 else:
@@ -1280,16 +1281,25 @@ class KernelSession:
     # ------------------------------------------------------------------ adopt
 
     async def adopt(self, info: ConnectionInfo) -> dict[str, Any]:
-        """Connect to a kernel someone else started (signed with the session key)."""
+        """Connect to a kernel someone else started, signing with the key in ``info``."""
         if self.is_running():
             raise SessionStateError(
                 ErrorCode.SESSION_RUNNING,
                 f"Session {self.session_id} is already connected to a kernel",
                 http_status=400,
             )
+        try:
+            signer = Signer(info.key.encode("ascii"), info.signature_scheme)
+        except (LocalProtocolError, UnicodeEncodeError) as exc:
+            raise KallichoreError(
+                ErrorCode.SESSION_CONNECTION_FAILED,
+                f"Cannot sign for the adopted kernel: {exc}",
+                http_status=400,
+            ) from None
         self._busy_starting = True
         try:
             with trio.CancelScope(shield=True):  # bounded by connection_timeout
+                self._signer = signer
                 result: dict[str, Any] = await self._nursery.start(self._run_adopted, info)
         finally:
             self._busy_starting = False
@@ -1301,7 +1311,6 @@ class KernelSession:
         *,
         task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        adopted = attrs.evolve(info, key=self.key)
         inc = _Incarnation(process=None)
         started = False
         failure: KallichoreError | None = None
@@ -1313,12 +1322,12 @@ class KernelSession:
                         with trio.fail_after(self.spec.connection_timeout):
                             inc.sockets = await stack.enter_async_context(
                                 open_kernel_sockets(
-                                    _endpoints(adopted),
+                                    _endpoints(info),
                                     identity=self.session_id.encode(),
                                 )
                             )
-                            monitor = inc.sockets.hb.raw.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-                            stack.callback(monitor.close, 0)
+                            monitor = monitor_events(inc.sockets.hb, zmq.EVENT_DISCONNECTED)
+                            stack.callback(monitor.close)
                             kernel_info = await self._connect(inc, nursery)
                     except trio.TooSlowError:
                         failure = KallichoreError(
@@ -1334,13 +1343,15 @@ class KernelSession:
                         )
                         nursery.cancel_scope.cancel()
                     else:
-                        self.connection_info = adopted
+                        self.connection_info = info
                         self._kernel_ready(kernel_info, extract_prompts=False)
                         inc.starting = False
                         started = True
                         task_status.started(kernel_info)
-                        nursery.start_soon(self._monitor_heartbeat, inc)
-                        await TrioZmqSocket(monitor).receive_multipart()
+                        probe = AdoptedKernelProbe(info)
+                        nursery.start_soon(probe.learn_process)
+                        nursery.start_soon(self._monitor_heartbeat, inc, probe)
+                        await monitor.receive_multipart()
                         logger.info("%r: the adopted kernel's sockets disconnected", self)
                         nursery.cancel_scope.cancel()
         except Exception:
@@ -1409,6 +1420,7 @@ class KernelSession:
             self._finish(inc, "child process exited")
 
     def _finish(self, inc: _Incarnation, reason: str) -> None:
+        self._drops.flush()
         if inc.sockets is not None:
             inc.sockets.close()
         self._release(inc)
@@ -1492,23 +1504,9 @@ def _output_emitter(session: KernelSession, inc: _Incarnation) -> Callable[[str,
     return emit
 
 
-def _socket_for(inc: _Incarnation, channel: str) -> TrioZmqSocket:
-    """The DEALER socket for a channel we may send on and read replies from."""
-    sockets = inc.sockets
-    assert sockets is not None
-    if channel == "shell":
-        return sockets.shell
-    if channel == "control":
-        return sockets.control
-    if channel == "stdin":
-        return sockets.stdin
-    raise LocalProtocolError(f"no kernel socket to send on for channel {channel!r}")
-
-
-def _resolve_directory(path: str) -> str | None:
-    """``~``-expanded, canonical ``path`` if it is a directory, else ``None``."""
-    resolved = os.path.expanduser(path)
-    return os.path.realpath(resolved) if os.path.isdir(resolved) else None
+def _dealer(inc: _Incarnation, channel: str) -> TrioZmqSocket:
+    assert inc.sockets is not None
+    return inc.sockets.dealer(channel)
 
 
 def _execution_state(msg: WireMessage) -> str | None:
@@ -1518,17 +1516,6 @@ def _execution_state(msg: WireMessage) -> str | None:
         return None
     state = content.get("execution_state") if isinstance(content, dict) else None
     return state if isinstance(state, str) else None
-
-
-def _describe_status(code: int) -> str:
-    """``exit status: 1`` or ``signal: 9 (SIGKILL)``, as Kallichore words it."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            return f"signal: {-code}"
-        return f"signal: {-code} ({name})"
-    return f"exit status: {code}"
 
 
 def _endpoints(info: ConnectionInfo | None) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
 ``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution
-result builder (``api/execution.py``), the client envelope encoder (``session/envelope.py``)
-and the flag layering (``settings.py``, ``flag_values.py``), and fails on an import of trio,
+result builder (``api/execution.py``), the client envelope encoder (``session/envelope.py``),
+the flag layering (``settings.py``, ``flag_values.py``) and the kernel policy
+(``supervisor/policy.py``, ``supervisor/dropped_messages.py``), and fails on an import of trio,
 zmq, quart, quart_trio
 or hypercorn -- at module level or inside a function, absolute or relative.
 ``kallichore/__init__.py`` is checked too: it runs whenever any of these modules
@@ -32,6 +33,8 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "session" / "envelope.py",
         PACKAGE_ROOT / "settings.py",
         PACKAGE_ROOT / "flag_values.py",
+        PACKAGE_ROOT / "supervisor" / "policy.py",
+        PACKAGE_ROOT / "supervisor" / "dropped_messages.py",
     ]
 )
 

@@ -33,6 +33,7 @@ import kallichore
 from kallichore.api.envelope import client_message, execute_content
 from kallichore.errors import SessionStateError, StartupError
 from kallichore.session.state import SessionStatus
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 from kallichore.supervisor.session import (
     SHUTDOWN_POLITE_GRACE,
@@ -325,6 +326,37 @@ async def test_bad_signature_replies_are_dropped_and_start_times_out(
     frames.drain()
     assert not frames.jupyter()
     assert not _fake_kernels([session.session_id])
+
+
+async def test_unsigned_kernel_messages_are_dropped_by_default(
+    make_session: Callable[..., KernelSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kallichore.supervisor.session")
+    session = make_session("unsigned", connection_timeout=2)
+    with pytest.raises(StartupError) as caught:
+        await session.start()
+
+    assert caught.value.code.value == "KS-7"
+    drops = [r.getMessage() for r in caplog.records if "unsigned message" in r.getMessage()]
+    assert drops, "the drop is not in the log"
+    assert "--allow-unsigned-kernel-messages" in drops[0]
+    # Summarised, not one line per message (kernel_info is retried every 0.25 s).
+    assert len(drops) <= 2, drops
+    assert not _fake_kernels([session.session_id])
+
+
+async def test_unsigned_kernel_messages_are_accepted_when_allowed(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    registry.kernel_policy = KernelPolicy(allow_unsigned_messages=True)
+    session = make_session("unsigned")
+    frames = Frames(session)
+    await session.start()
+    request = execute_request("hello")
+    await session.send_from_client(request)
+    await frames.wait_for(is_idle(msg_id(request)))
+    assert [s["content"]["text"] for s in frames.jupyter("stream")] == ["hello"]
+    await session.shutdown()
 
 
 async def test_exit_on_start_reports_ks8_with_exit_code_and_output(

@@ -83,19 +83,19 @@ def test_empty_environment_variable_counts_as_unset() -> None:
 
 def test_a_flag_added_the_usual_way_is_layered_without_more_code(tmp_path: Path) -> None:
     parser = build_parser()
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    parser.add_argument("--allow-unsigned-kernel-messages", action="store_true")
+    parser.add_argument("--some-format", choices=["text", "json"], default="text")
+    parser.add_argument("--some-new-switch", action="store_true")
     parser.add_argument("--tag", action="append", default=[])
     path = write(tmp_path, 'tag = ["a", "b c"]\n')
     env = {
         "JUPYTER_NO_CONFIG": "1",
         "KALLICHORE_CONFIG": path,
-        "KALLICHORE_LOG_FORMAT": "json",
-        "KALLICHORE_ALLOW_UNSIGNED_KERNEL_MESSAGES": "yes",
+        "KALLICHORE_SOME_FORMAT": "json",
+        "KALLICHORE_SOME_NEW_SWITCH": "yes",
     }
     args = parse_layered(parser, [], environ=env).namespace
-    assert args.log_format == "json"
-    assert args.allow_unsigned_kernel_messages is True
+    assert args.some_format == "json"
+    assert args.some_new_switch is True
     assert args.tag == ["a", "b c"]
 
 
