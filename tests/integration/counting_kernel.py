@@ -16,17 +16,20 @@ discarding them. A test asks it afterwards, by executing::
     import ipykernel.iostream, json
     print(json.dumps(ipykernel.iostream.IOPubThread.kc_dropped))
 
-and gets, for each dropped message, ``[msg_id, msg_type, text]`` (``text``
-is a stream message's text, else ``""``). With that, a test can tell loss
-inside the kernel (at its own socket) from loss anywhere after it: every
-message that ZeroMQ accepted from the kernel must reach the client.
+and gets, for each dropped message, ``[msg_id, msg_type, parent_msg_id,
+name, text]`` (``name`` and ``text`` are a stream message's, else ``""``).
+With that, a test can tell loss inside the kernel (at its own socket) from
+loss anywhere after it: every message that ZeroMQ accepted from the kernel
+must reach the client.
 
 Also recorded (``IOPubThread.kc_stalls``), when a drop follows a successful
 send: the TCP queues of the IOPub connection at that moment, read from
-``/proc/net/tcp`` -- ``[kernel_send_queue, subscriber_receive_queue]`` in
-bytes, or ``None`` where it cannot be read. A full subscriber receive queue
-means the subscriber's process did not read; an empty one means the
-kernel's own I/O thread did not write.
+``/proc/net/tcp`` -- ``[kernel_send_queue, subscriber_receive_queue,
+io_thread_states]``, the queues in bytes (``None`` where they cannot be
+read), the states one letter per ZeroMQ I/O thread of the kernel (``R``
+running or runnable, ``S`` asleep). A full subscriber receive queue means
+the subscriber did not read; an empty one means the queue that overflowed
+is inside the kernel, in front of its own I/O thread.
 
 With ``KC_TEST_IOPUB_SNDHWM`` set, the socket's high-water mark is that
 many messages instead of 1000, so that drops can be made to happen.
@@ -54,16 +57,23 @@ _PROC_NET_TCP = "/proc/net/tcp"
 
 
 def _describe(frames: list[Any]) -> list[str]:
-    """``[msg_id, msg_type, text]`` of a serialized Jupyter message."""
+    """``[msg_id, msg_type, parent msg_id, stream name, text]`` of a serialized message."""
     parts = [bytes(f) for f in frames]
     try:
         at = parts.index(_DELIMITER)
         header = json.loads(parts[at + 2])
+        parent = json.loads(parts[at + 3])
         content = json.loads(parts[at + 5])
     except (ValueError, IndexError):
-        return ["?", "?", ""]
-    text = content.get("text", "") if header.get("msg_type") == "stream" else ""
-    return [header.get("msg_id", "?"), header.get("msg_type", "?"), text]
+        return ["?", "?", "", "", ""]
+    stream = header.get("msg_type") == "stream"
+    return [
+        header.get("msg_id", "?"),
+        header.get("msg_type", "?"),
+        parent.get("msg_id", ""),
+        content.get("name", "") if stream else "",
+        content.get("text", "") if stream else "",
+    ]
 
 
 def _tcp_queues(port: int) -> list[int | None]:

@@ -551,7 +551,11 @@ async def assert_kernel_output_arrived(
         )
     )
     dropped, stalls = json.loads(report)
-    refused = [(_sequence_number(i), text) for i, kind, text in dropped if kind == "stream"]
+    refused = [
+        (_sequence_number(i), text)
+        for i, kind, parent, name, text in dropped
+        if kind == "stream" and name == "stdout" and parent == msg_id(request)
+    ]
     assert not set(arrival) & {number for number, _ in refused}
     text = "".join(t for _, t in sorted(received + refused))
     assert text.split() == expected, "output lost between the kernel's socket and the client"
