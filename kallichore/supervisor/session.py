@@ -67,7 +67,7 @@ from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.lifeline import Lifeline
 from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
 from kallichore.supervisor.policy import KernelPolicy
-from kallichore.supervisor.ports import PortPickError, PortReservations
+from kallichore.supervisor.ports import PortPickError, PortReservations, is_port_conflict
 from kallichore.supervisor.process import (
     KernelProcess,
     describe_status,
@@ -114,6 +114,8 @@ IOPUB_BATCH = 64  # messages
 IOPUB_BATCH_SHARED = 3  # messages
 #: Longest run of iopub processing between two scheduler passes.
 IOPUB_SLICE = 0.001  # seconds
+#: Starts of a kernel that lost a race for one of its ports (first included).
+PORT_CONFLICT_ATTEMPTS = 3  # attempts
 #: Resource tree is re-read every this many samples (children come and go).
 TREE_REFRESH_TICKS = 5  # samples
 
@@ -566,10 +568,42 @@ class KernelSession:
             # client that gives up must not kill it half-started. The start
             # is bounded by connection_timeout (and the shutdown ladder).
             with trio.CancelScope(shield=True):
-                info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+                info = await self._start_with_fresh_ports_on_conflict()
         finally:
             self._busy_starting = False
         return info
+
+    async def _start_with_fresh_ports_on_conflict(self) -> dict[str, Any]:
+        """Run the kernel; start it again with new ports if it lost a port race.
+
+        The ports in a connection file are picked by us and bound by the
+        kernel a second or more later; another program can take one in
+        between (see :mod:`kallichore.supervisor.ports`), and the kernel
+        exits with "Address already in use". That is no fault of the kernel,
+        so the start is tried again, with new ports, a bounded number of
+        times. (JEP 66 kernels bind ports of their own choosing.)
+        """
+        attempt = 1
+        while True:
+            try:
+                info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+                return info
+            except StartupError as exc:
+                if (
+                    attempt >= PORT_CONFLICT_ATTEMPTS
+                    or exc.code is not ErrorCode.PROCESS_ABNORMAL_EXIT
+                    or uses_registration_handshake(self.spec.protocol_version)
+                    or not is_port_conflict(exc.output)
+                ):
+                    raise
+            logger.warning(
+                "%r: a port picked for the kernel was taken before it could bind it; "
+                "starting again with new ports (attempt %d of %d)",
+                self,
+                attempt + 1,
+                PORT_CONFLICT_ATTEMPTS,
+            )
+            attempt += 1
 
     def _startup_failed(
         self, inc: _Incarnation, plan: launch.LaunchPlan | None, *, during_handshake: bool

@@ -436,6 +436,41 @@ def test_startup_failure_reports_exit_code_and_output(server: KernelServer) -> N
     assert res.body == b""
 
 
+def port_taken_argv(count_file: str, times: int) -> list[str]:
+    """A kernel whose shell port is taken before it binds it, the first ``times`` runs."""
+    module = "tests.integration.port_taken_kernel"
+    return [sys.executable, "-m", module, count_file, str(times), "-f", "{connection_file}"]
+
+
+def test_a_kernel_that_lost_a_port_race_is_started_again(
+    server: KernelServer, workdir: str
+) -> None:
+    count_file = os.path.join(workdir, f"runs-{uuid.uuid4().hex[:8]}")
+    server.create("port-race", argv=port_taken_argv(count_file, times=1))
+    res = server.post("/sessions/port-race/start")
+    assert res.status == 200, res
+    with open(count_file) as f:
+        assert f.read() == "2", "one failed start, one good one"
+    with kernel_client(server.connection_info("port-race")) as kc:
+        assert execute(kc, "print(6 * 7)").stdout == "42\n"
+    assert "taken before it could bind it" in server.log()
+    server.post("/sessions/port-race/kill")
+
+
+def test_a_port_race_lost_every_time_is_reported(server: KernelServer, workdir: str) -> None:
+    count_file = os.path.join(workdir, f"runs-{uuid.uuid4().hex[:8]}")
+    server.create("port-race-lost", argv=port_taken_argv(count_file, times=99))
+    res = server.post("/sessions/port-race-lost/start")
+    assert res.status == 500, res
+    body = res.json()
+    assert body["error"]["code"] == "KS-8", body
+    assert body["exit_code"] == 1, body
+    assert "Address already in use" in body["output"], body
+    with open(count_file) as f:
+        assert f.read() == "3", "bounded: three attempts"
+    server.wait_status("port-race-lost", "exited", 5)
+
+
 def test_connection_timeout_kills_the_process(server: KernelServer) -> None:
     tag = f"kc-timeout-{uuid.uuid4().hex[:8]}"
     argv = [sys.executable, "-c", f"import time; time.sleep(60)  # {tag}"]
