@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
-from kallichore.api.auth import UNAUTHENTICATED, authorized
-from kallichore.api.errors import register_error_handlers
-from kallichore.api.responses import empty_response
+from kallichore.api.auth import UNAUTHENTICATED, auth_failure
+from kallichore.api.errors import register_error_handlers, response_for_error
 from kallichore.api.routes import register_routes
+from kallichore.errors import AuthenticationError
 
 if TYPE_CHECKING:
     from kallichore.server import Server
@@ -36,18 +36,20 @@ def create_app(server: Server) -> QuartTrio:
             return None
         if (request.method, request.url_rule.rule) in UNAUTHENTICATED:
             return None
-        if authorized(request.headers.get("Authorization"), token):
+        failure = auth_failure(request.headers.get("Authorization"), token)
+        if failure is None:
             return None
-        return empty_response(401)
+        return response_for_error(AuthenticationError(failure))
 
     @app.before_websocket
     async def require_websocket_token() -> Response | None:
         # A Response returned before accept() is sent instead of the upgrade.
         if websocket.routing_exception is not None or websocket.url_rule is None:
             return None
-        if authorized(websocket.headers.get("Authorization"), token):
+        failure = auth_failure(websocket.headers.get("Authorization"), token)
+        if failure is None:
             return None
-        return empty_response(401)
+        return response_for_error(AuthenticationError(failure))
 
     register_error_handlers(app)
     register_routes(app, server)

@@ -2,7 +2,8 @@
 
 * JSON bodies are compact, ``Content-Type: application/json``.
 * "Empty" successes are the JSON literal ``null`` with status 200.
-* 401 and 404 have an empty body and no Content-Type.
+* Errors have the spec's ``error`` body (:mod:`kallichore.api.errors`);
+  Kallichore sends 401 and 404 with no body.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from quart import Response
 
 from kallichore.api.converter import to_json_bytes
 
-__all__ = ["empty_response", "json_response", "null_response"]
+__all__ = ["json_response", "null_response"]
 
 _JSON = "application/json"
 
@@ -26,10 +27,3 @@ def json_response(body: Any, status: int = 200) -> Response:
 def null_response() -> Response:
     """200 with the body ``null``."""
     return Response(b"null", status=200, content_type=_JSON)
-
-
-def empty_response(status: int) -> Response:
-    """A status with no body and no Content-Type (401, 404, 405)."""
-    response = Response(b"", status=status)
-    del response.headers["Content-Type"]
-    return response

@@ -101,10 +101,12 @@ def start_with_connection_file(
     return Running(server, details, Endpoint.from_details(details), connection_file)
 
 
-def assert_empty(reply: Reply) -> None:
-    """A body-less response: no bytes and no Content-Type (section 2.1)."""
-    assert reply.body == b"", reply
-    assert reply.content_type is None, reply
+def assert_error_body(reply: Reply, code: str) -> None:
+    """An ``error`` body (Kallichore sends 401, 404 and 405 with none; docs/sessions.md)."""
+    assert reply.content_type == "application/json", reply
+    error = reply.json()
+    assert error["code"] == code, reply
+    assert error["message"], reply
 
 
 def assert_error_exit(result: Any, fragment: str) -> None:
@@ -365,16 +367,17 @@ def test_process_name_is_kcserver(tcp_server: Running) -> None:
     assert first_line == "Name:\tkcserver"
 
 
-def test_unknown_path_is_404_empty(tcp_server: Running) -> None:
+def test_unknown_path_is_404_with_an_error_body(tcp_server: Running) -> None:
     reply = tcp_server.endpoint.request("GET", "/no/such/path")
     assert reply.status == 404
-    assert_empty(reply)
+    assert_error_body(reply, "404")
 
 
-def test_wrong_method_is_405_empty(tcp_server: Running) -> None:
+def test_wrong_method_is_405_with_an_error_body(tcp_server: Running) -> None:
     reply = tcp_server.endpoint.request("DELETE", "/status")
     assert reply.status == 405
-    assert_empty(reply)
+    assert_error_body(reply, "405")
+    assert reply.headers["allow"] == "GET, HEAD"
 
 
 def test_sessions_list_is_empty(tcp_server: Running) -> None:
@@ -522,7 +525,7 @@ def test_protected_endpoints_reject_bad_tokens(
 ) -> None:
     reply = token_server.running.endpoint.request(method, path, body, authorization=authorization)
     assert reply.status == 401, reply
-    assert_empty(reply)
+    assert_error_body(reply, "401")
     # Still alive: a rejected /shutdown must not stop the server.
     assert token_server.running.server.returncode is None
 
