@@ -14,8 +14,9 @@ code  when
 2     usage error: unknown flag, malformed number
 ====  ==========================================================
 
-Flags we add: ``--handshake-socket`` (newer Positron) and ``--api-version``
-(report another Kallichore version in ``/status`` for a newer client pin).
+Flags we add: ``--handshake-socket`` (newer Positron), ``--api-version``
+(report another Kallichore version in ``/status`` for a newer client pin) and
+``--log-format`` (``json`` for log shippers).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from kallichore.config import (
     parse_log_level,
     select_transport,
 )
-from kallichore.logs import configure_logging
+from kallichore.logs import LOG_FORMATS, configure_logging
 from kallichore.process_name import set_process_name
 
 __all__ = ["build_parser", "main", "module_main"]
@@ -108,6 +109,12 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "-l",
         "--log-level",
         help="trace, debug, info, warn or error (default: $RUST_LOG, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, for log shippers",
     )
     parser.add_argument(
         "--connection-file",
@@ -243,7 +250,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
         _fail(str(exc))
     secrets = [config.token] if config.token else []
     try:
-        configure_logging(level, log_file=config.log_file, secrets=secrets)
+        configure_logging(
+            level, log_file=config.log_file, secrets=secrets, log_format=args.log_format
+        )
     except OSError as exc:
         _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
     set_process_name(PROCESS_NAME)

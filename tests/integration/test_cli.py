@@ -236,6 +236,7 @@ def test_help_exits_0() -> None:
         "--token",
         "--log-file",
         "--log-level",
+        "--log-format",
         "--connection-file",
         "--handshake-socket",
         "--idle-shutdown-hours",
@@ -258,6 +259,7 @@ def test_help_exits_0() -> None:
         (["--max-message-size", "abc"], "--max-message-size"),
         (["--max-message-size", "10"], "--max-message-size"),
         (["--client-buffer-size", "-5"], "--client-buffer-size"),
+        (["--log-format", "xml"], "--log-format"),
     ],
     ids=[
         "unknown-flag",
@@ -268,6 +270,7 @@ def test_help_exits_0() -> None:
         "message-size-abc",
         "message-size-tiny",
         "buffer-negative",
+        "log-format-xml",
     ],
 )
 def test_usage_errors_exit_2(args: list[str], mentions: str, tmp_path: Path) -> None:
@@ -579,7 +582,10 @@ def test_bad_token_file_exits_1(content: str | None, tmp_path: Path) -> None:
     assert not conn.exists()
 
 
-def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
+def start_logging_to_file(
+    factory: ServerFactory, tmp_path: Path, *args: str
+) -> tuple[Running, Path]:
+    """A TCP server with token :data:`SECRET` and ``--log-file``; ``(server, log file)``."""
     token_file = tmp_path / "token"
     token_file.write_text(f"  {SECRET}\n")
     log_file = tmp_path / "server.log"
@@ -590,11 +596,15 @@ def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
         "tcp",
         "--token",
         str(token_file),
-        "--log-level",
-        "trace",
         "--log-file",
         str(log_file),
+        *args,
     )
+    return running, log_file
+
+
+def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
+    running, log_file = start_logging_to_file(factory, tmp_path, "--log-level", "trace")
     assert running.details["log_path"] == str(log_file)
     assert log_file.exists()
     endpoint = running.endpoint
@@ -611,6 +621,50 @@ def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
     assert log.strip(), "the trace-level log file is empty"
     assert SECRET not in log
     assert SECRET not in running.server.stdout() + running.server.stderr()
+
+
+ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_text_log_lines_are_dated_and_requests_are_logged(
+    factory: ServerFactory, tmp_path: Path
+) -> None:
+    running, log_file = start_logging_to_file(factory, tmp_path)
+    assert running.endpoint.request("GET", "/status").status == 200
+    assert running.endpoint.request("POST", "/shutdown").status == 200
+    assert running.server.wait() == 0
+    lines = log_file.read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert re.match(rf"{ISO_TIME} \[(TRACE|DEBUG|INFO|WARNING|ERROR)\] ", line), line
+    assert any(re.search(r"\[INFO\] kallichore\.access: GET /status 200 ", x) for x in lines)
+
+
+def test_json_log_format(factory: ServerFactory, tmp_path: Path) -> None:
+    running, log_file = start_logging_to_file(factory, tmp_path, "--log-format", "json")
+    endpoint = running.endpoint
+    assert endpoint.request("GET", f"/status?token={SECRET}").status == 200
+    assert endpoint.request("GET", "/sessions", authorization="Bearer nope-nope").status == 401
+    assert endpoint.request("POST", "/shutdown").status == 200
+    assert running.server.wait() == 0
+    text = log_file.read_text()
+    assert SECRET not in text
+    assert "nope-nope" not in text
+    entries = [json.loads(line) for line in text.splitlines()]
+    for entry in entries:
+        assert re.fullmatch(ISO_TIME, entry["time"]), entry
+        assert {"level", "logger", "message"} <= entry.keys(), entry
+    access = [e for e in entries if e["logger"] == "kallichore.access"]
+    assert [(e["method"], e["path"], e["status"], e["level"]) for e in access] == [
+        ("GET", "/status?token=***", 200, "INFO"),
+        ("GET", "/sessions", 401, "WARNING"),
+        ("POST", "/shutdown", 200, "INFO"),
+    ]
+    assert all(isinstance(e["duration_ms"], float) for e in access)
+    # The server's own stdout (the banner) is not the log; the log on stdout is JSON too.
+    stdout_lines = [x for x in running.server.stdout().splitlines() if x.startswith("{")]
+    assert stdout_lines
+    assert all(json.loads(x)["time"] for x in stdout_lines)
 
 
 # --------------------------------------------------------------------------- bind and announce failures

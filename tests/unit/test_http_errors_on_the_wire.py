@@ -77,6 +77,28 @@ def upgrade_headers(**extra: str) -> dict[str, str]:
     return {**UPGRADE, "Sec-WebSocket-Key": key, **extra}
 
 
+async def create_session(address: ServerAddress, session_id: str) -> None:
+    """Register a session (its kernel is never started)."""
+    body = json.dumps(
+        {
+            "session_id": session_id,
+            "display_name": session_id,
+            "language": "python",
+            "username": "u",
+            "input_prompt": ">",
+            "continuation_prompt": "+",
+            "argv": [sys.executable, "-c", "pass"],
+            "session_mode": "console",
+            "working_directory": "/",
+            "env": [],
+            "interrupt_mode": "signal",
+            "startup_environment": "none",
+        }
+    ).encode()
+    status, _, created = await exchange(address, "PUT", "/sessions", bearer(address.token), body)
+    assert status == 200, created
+
+
 def assert_error(
     response: tuple[int, dict[str, str], bytes], status: int, code: str
 ) -> dict[str, str]:
@@ -119,25 +141,7 @@ async def test_unknown_session_is_404_ks1(kallichore_server: ServerAddress) -> N
 async def test_websocket_upgrades_refused_with_error_bodies(
     kallichore_server: ServerAddress,
 ) -> None:
-    token = kallichore_server.token
-    body = json.dumps(
-        {
-            "session_id": "ws-refusals",
-            "display_name": "ws",
-            "language": "python",
-            "username": "u",
-            "input_prompt": ">",
-            "continuation_prompt": "+",
-            "argv": [sys.executable, "-c", "pass"],
-            "session_mode": "console",
-            "working_directory": "/",
-            "env": [],
-            "interrupt_mode": "signal",
-            "startup_environment": "none",
-        }
-    ).encode()
-    status, _, created = await exchange(kallichore_server, "PUT", "/sessions", bearer(token), body)
-    assert status == 200, created
+    await create_session(kallichore_server, "ws-refusals")
     path = "/sessions/ws-refusals/channels"
     # An existing session: on TCP this reaches the fast path, which hands
     # the refusal to the app.
