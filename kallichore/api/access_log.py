@@ -89,14 +89,16 @@ def log_access(
     suffix = " (websocket)" if websocket else ""
     if reason:
         suffix += f" ({reason})"
-    access_logger.log(
+    # makeRecord + handle is what Logger.log does, minus the stack walk that
+    # finds the caller (a fifth of the cost; the line's origin is fixed).
+    record = access_logger.makeRecord(
+        access_logger.name,
         level,
+        __file__,
+        0,
         "%s %s %d %.1f ms%s",
-        method,
-        path,
-        status,
-        duration_ms,
-        suffix,
+        (method, path, status, duration_ms, suffix),
+        None,
         extra={
             "method": method,
             "path": path,
@@ -106,6 +108,7 @@ def log_access(
             "session_id": session_id,
         },
     )
+    access_logger.handle(record)
 
 
 def note_auth_failure(scope: Any, reason: str) -> None:
