@@ -9,8 +9,8 @@ no body at all; the statuses are Kallichore's.
   body (404 ``KS-1`` for an unknown session, 401 ``401`` for a bad token).
 * routing failures -> 404 ``404`` (unknown path), 405 ``405`` with an
   ``Allow`` header (wrong method); any other HTTP-level refusal (a body
-  over the size limit, a WebSocket upgrade of a plain route) -> its status,
-  the status as the code.
+  over the size limit, a WebSocket upgrade of a plain route: 400) -> its
+  status, the status as the code.
 * anything else is a bug: logged with its traceback, answered with a 500
   ``error`` body that reveals nothing internal.
 """
@@ -22,6 +22,7 @@ import logging
 
 from quart import Quart, Response, has_request_context, request, websocket
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import WebsocketMismatch
 
 from kallichore.api.responses import json_response
 from kallichore.errors import KallichoreError, StartupError
@@ -38,16 +39,25 @@ def response_for_error(exc: KallichoreError) -> Response:
     return json_response(exc.to_body(), exc.http_status)
 
 
-def response_for_http_exception(exc: HTTPException, method: str, path: str) -> Response:
+def response_for_http_exception(
+    exc: HTTPException, method: str, path: str, *, websocket: bool = False
+) -> Response:
     """The ``error`` response for a refusal raised by routing or by Quart itself.
 
     The code is the status as a string (``"404"``, ``"405"``, ``"413"``).
+    ``websocket`` says whether the request was a WebSocket upgrade.
     """
     status = exc.code or 500
     body = {"code": str(status), "message": _phrase(status)}
     allowed = None
     if isinstance(exc, NotFound):
         body["message"] = f"No endpoint at {path}"
+    elif isinstance(exc, WebsocketMismatch):
+        body["message"] = (
+            f"{path} does not accept WebSocket upgrades"
+            if websocket
+            else f"{path} requires a WebSocket upgrade"
+        )
     elif isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
         body["message"] = f"Method {method} is not allowed on {path}"
@@ -78,8 +88,9 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def handle_http_exception(exc: HTTPException) -> Response:
-        current = request if has_request_context() else websocket
-        return response_for_http_exception(exc, current.method, current.path)
+        if has_request_context():
+            return response_for_http_exception(exc, request.method, request.path)
+        return response_for_http_exception(exc, websocket.method, websocket.path, websocket=True)
 
     @app.errorhandler(Exception)
     async def handle_unexpected(exc: Exception) -> Response:

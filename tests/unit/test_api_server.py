@@ -161,6 +161,26 @@ async def test_unknown_session_is_404_ks1_with_an_error_body(client: Any) -> Non
         assert json.loads(body) == {"code": "KS-1", "message": "Session nobody not found"}
 
 
+async def test_websocket_upgrade_of_a_plain_route_is_400_with_an_error_body(
+    client: Any,
+) -> None:
+    from quart.testing import WebsocketResponseError
+
+    with pytest.RaisesGroup(WebsocketResponseError, flatten_subgroups=True) as caught:
+        async with client.websocket("/status", headers=AUTH) as ws:
+            await ws.receive()
+    error: BaseException = caught.value
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, WebsocketResponseError)
+    response = error.response
+    assert response.status_code == 400
+    assert json.loads(await response.get_data()) == {
+        "code": "400",
+        "message": "/status does not accept WebSocket upgrades",
+    }
+
+
 async def test_oversized_body_is_413_with_an_error_body(client: Any) -> None:
     status, body, _ = await request(
         client, "POST", "/client_heartbeat", b" " * (64 * 1024 * 1024 + 1), AUTH
