@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ def test_the_shipped_document_is_the_repository_document() -> None:
     # kallichore/api/kallichore.json is a link to the root file; this fails if
     # it became a copy that drifted (or a checkout that does not make links).
     assert openapi_document() == ROOT_DOCUMENT.read_bytes()
+
+
+def test_the_document_is_declared_package_data() -> None:
+    # Without this, an editable install still finds the file but a wheel would not.
+    pyproject = tomllib.loads((ROOT_DOCUMENT.parent / "pyproject.toml").read_text())
+    assert "api/kallichore.json" in pyproject["tool"]["setuptools"]["package-data"]["kallichore"]
 
 
 def test_open_operations_are_exactly_the_unauthenticated_ones() -> None:
