@@ -162,8 +162,10 @@ async def serve(
     # users of kallichore.server (tests of the idle logic) don't need it.
     from kallichore.api.app import create_app
     from kallichore.api.http import serve_http
+    from kallichore.api.server_refusals import install_refusal_bodies
     from kallichore.api.tcp_channels import TcpChannelUpgrades
 
+    install_refusal_bodies()
     listener = bind_listener(config)
     try:
         server = server if server is not None else Server(config)

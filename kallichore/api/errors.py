@@ -17,14 +17,13 @@ no body at all; the statuses are Kallichore's.
 
 from __future__ import annotations
 
-import http
 import logging
 
 from quart import Quart, Response, has_request_context, request, websocket
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import WebsocketMismatch
 
-from kallichore.api.responses import json_response
+from kallichore.api.responses import json_response, status_phrase
 from kallichore.errors import KallichoreError, StartupError
 
 __all__ = ["register_error_handlers", "response_for_error", "response_for_http_exception"]
@@ -48,7 +47,7 @@ def response_for_http_exception(
     ``websocket`` says whether the request was a WebSocket upgrade.
     """
     status = exc.code or 500
-    body = {"code": str(status), "message": _phrase(status)}
+    body = {"code": str(status), "message": status_phrase(status)}
     allowed = None
     if isinstance(exc, NotFound):
         body["message"] = f"No endpoint at {path}"
@@ -66,13 +65,6 @@ def response_for_http_exception(
     if allowed is not None:
         response.headers["Allow"] = allowed
     return response
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "HTTP error"
 
 
 def register_error_handlers(app: Quart) -> None:

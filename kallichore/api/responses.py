@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 from quart import Response
 
 from kallichore.api.converter import to_json_bytes
 
-__all__ = ["json_response", "null_response"]
+__all__ = ["json_response", "null_response", "status_phrase"]
 
 _JSON = "application/json"
 
@@ -27,3 +28,11 @@ def json_response(body: Any, status: int = 200) -> Response:
 def null_response() -> Response:
     """200 with the body ``null``."""
     return Response(b"null", status=200, content_type=_JSON)
+
+
+def status_phrase(status: int) -> str:
+    """The standard reason phrase for ``status`` (``"Bad Request"``)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"

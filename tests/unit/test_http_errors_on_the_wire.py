@@ -153,3 +153,42 @@ async def test_websocket_upgrades_refused_with_error_bodies(
     # An upgrade of a path that does not exist.
     response = await exchange(kallichore_server, "GET", "/nowhere", upgrade_headers())
     assert_error(response, 404, "404")
+
+
+async def raw_exchange(address: ServerAddress, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is; read the response (its head, then Content-Length bytes)."""
+    stream = await _open(address)
+    async with stream:
+        await stream.send_all(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some()
+            assert chunk, data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        while len(body) < int(headers["content-length"]):
+            chunk = await stream.receive_some()
+            assert chunk, data
+            body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_refusals_made_by_hypercorn_have_error_bodies_too(
+    kallichore_server: ServerAddress,
+) -> None:
+    response = await raw_exchange(kallichore_server, b"GARBAGE\r\n\r\n")
+    assert_error(response, 400, "400")
+    # A WebSocket handshake without Sec-WebSocket-Key, with a valid token
+    # for an existing session (so the TCP fast path passes it on).
+    await create_session(kallichore_server, "no-key")
+    head = (
+        "GET /sessions/no-key/channels HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: Bearer {kallichore_server.token}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert_error(await raw_exchange(kallichore_server, head.encode()), 400, "400")
