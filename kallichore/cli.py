@@ -14,8 +14,9 @@ code  when
 2     usage error: unknown flag, malformed number
 ====  ==========================================================
 
-Flags we add: ``--handshake-socket`` (newer Positron) and ``--api-version``
-(report another Kallichore version in ``/status`` for a newer client pin).
+Flags we add: ``--handshake-socket`` (newer Positron), ``--api-version``
+(report another Kallichore version in ``/status`` for a newer client pin) and
+``--log-format`` (``json`` for log shippers).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from kallichore.config import (
     select_transport,
 )
 from kallichore.listener import BoundListener, adopt_listener
-from kallichore.logs import configure_logging
+from kallichore.logs import LOG_FORMATS, configure_logging
 from kallichore.process_name import set_process_name
 from kallichore.settings import LayeredArgs, parse_layered
 from kallichore.systemd import ActivationError, Notifier, listen_sockets
@@ -117,6 +118,12 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "-l",
         "--log-level",
         help="trace, debug, info, warn or error (default: $RUST_LOG, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, for log shippers",
     )
     parser.add_argument(
         "--connection-file",
@@ -310,7 +317,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
         _fail(str(exc))
     secrets = [config.token] if config.token else []
     try:
-        configure_logging(level, log_file=config.log_file, secrets=secrets)
+        configure_logging(
+            level, log_file=config.log_file, secrets=secrets, log_format=args.log_format
+        )
     except OSError as exc:
         _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
     set_process_name(PROCESS_NAME)

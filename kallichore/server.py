@@ -177,8 +177,10 @@ async def serve(
     # users of kallichore.server (tests of the idle logic) don't need it.
     from kallichore.api.app import create_app
     from kallichore.api.http import serve_http
+    from kallichore.api.server_refusals import install_refusal_bodies
     from kallichore.api.tcp_channels import TcpChannelUpgrades
 
+    install_refusal_bodies()
     listener = listener if listener is not None else bind_listener(config)
     written: list[WrittenFile] = []
     try:

@@ -41,13 +41,11 @@ class DroppedMessageLog:
     """Counts one session's dropped kernel messages and logs them in summaries.
 
     Args:
-        owner: the session, as log lines name it (``%r``, at logging time).
-        log: where the lines go (the session's logger).
+        log: where the lines go: the session's logger, which names the session.
         clock: seconds, monotonic.
     """
 
-    owner: object
-    log: logging.Logger = logger
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger
     clock: Callable[[], float] = time.monotonic
     #: Messages dropped since the log was made.
     total: int = attrs.field(default=0, init=False)
@@ -65,8 +63,7 @@ class DroppedMessageLog:
             self._last_summary = self.clock()
             advice = _ADVICE.get(reason)
             self.log.warning(
-                "%r: dropped a %s message from the kernel: %s%s",
-                self.owner,
+                "dropped a %s message from the kernel: %s%s",
                 channel,
                 reason,
                 f" ({advice}); further drops are counted" if advice else "",
@@ -87,8 +84,7 @@ class DroppedMessageLog:
         count = sum(self._pending.values())
         reasons = ", ".join(f"{n} {reason}" for reason, n in self._pending.most_common())
         self.log.warning(
-            "%r: dropped %d more kernel message(s) (%s); %d in all",
-            self.owner,
+            "dropped %d more kernel message(s) (%s); %d in all",
             count,
             reasons,
             self.total,

@@ -84,6 +84,11 @@ class HeartbeatOwner(Protocol):
         """Apply a status change and tell the client."""
         ...
 
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The session's logger (its lines name the session)."""
+        ...
+
 
 def _process_identity(pid: int) -> tuple[int, float] | None:
     """``(pid, create_time)`` of a live process, or ``None``."""
@@ -220,16 +225,16 @@ async def monitor_heartbeat(
             callback()
         if scope.cancelled_caught:
             if probe is not None and await probe.is_gone():
-                logger.info("%r: no heartbeat, and the kernel is gone", owner)
+                owner.log.info("no heartbeat, and the kernel is gone")
                 on_gone()
                 return
             if owner.status is not SessionStatus.OFFLINE:
                 before_offline = owner.status
-                logger.warning("%r: no heartbeat for %g s; offline", owner, HEARTBEAT_TIMEOUT)
+                owner.log.warning("no heartbeat for %g s; offline", HEARTBEAT_TIMEOUT)
                 owner.set_status(SessionStatus.OFFLINE, "lost heartbeat")
             continue
         if owner.status is SessionStatus.OFFLINE:
-            logger.info("%r: heartbeat is back", owner)
+            owner.log.info("heartbeat is back")
             back = before_offline if before_offline is SessionStatus.BUSY else SessionStatus.IDLE
             owner.set_status(back, "heartbeat detected after offline")
         await trio.sleep(HEARTBEAT_INTERVAL)

@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 import attrs
 import trio
 
+from kallichore.logs import SessionLog
 from kallichore.supervisor.lifeline import Lifeline
 
 __all__ = [
@@ -380,6 +381,7 @@ async def terminate_process_group(
     polite: Callable[[], Awaitable[None]] | None,
     polite_grace: float,
     term_grace: float,
+    session_id: str | None = None,
 ) -> int:
     """Stop a kernel and everything in its process group; reap it; close its pipes.
 
@@ -403,6 +405,7 @@ async def terminate_process_group(
             step 1 (kill, or no connection to the kernel).
         polite_grace: seconds for step 1.
         term_grace: seconds for step 2.
+        session_id: the session the kernel serves, named on every log line.
 
     Returns:
         The kernel's exit code (see :meth:`KernelProcess.wait`).
@@ -415,21 +418,28 @@ async def terminate_process_group(
     **Errors:** none of its own; exceptions from ``polite`` are logged, not
     raised.
     """
+    log: logging.Logger | SessionLog = (
+        logger if session_id is None else SessionLog(logger, session_id)
+    )
     with trio.CancelScope(shield=True):
         if polite is not None and proc.returncode is None:
             with trio.move_on_after(max(polite_grace, 0.0)) as polite_scope:
                 try:
                     await polite()
                 except Exception:
-                    logger.warning(
-                        "%r: polite shutdown request failed; sending SIGTERM",
-                        proc,
+                    log.warning(
+                        "kernel process %d: polite shutdown request failed; sending SIGTERM",
+                        proc.pid,
                         exc_info=True,
                     )
                 else:
                     await proc.wait()
             if polite_scope.cancelled_caught:
-                logger.info("%r did not exit %.1f s after a shutdown request", proc, polite_grace)
+                log.info(
+                    "kernel process %d did not exit %.1f s after a shutdown request",
+                    proc.pid,
+                    polite_grace,
+                )
 
         if proc.returncode is None:
             proc.signal_group(signal.SIGTERM)
@@ -437,24 +447,30 @@ async def terminate_process_group(
                 await proc.wait()
 
         if proc.returncode is None:
-            logger.warning("%r ignored SIGTERM for %.1f s; sending SIGKILL", proc, term_grace)
+            log.warning(
+                "kernel process %d ignored SIGTERM for %.1f s; sending SIGKILL",
+                proc.pid,
+                term_grace,
+            )
             proc.kill_group()
             with trio.move_on_after(KILL_WARN_AFTER):
                 await proc.wait()
             if proc.returncode is None:
-                logger.warning(
-                    "%r still running %.1f s after SIGKILL; waiting", proc, KILL_WARN_AFTER
+                log.warning(
+                    "kernel process %d still running %.1f s after SIGKILL; waiting",
+                    proc.pid,
+                    KILL_WARN_AFTER,
                 )
 
         code = await proc.wait()
         # The leader is reaped; sweep the children it left in its group.
         if proc.kill_group():
-            logger.info("%r: killed processes left in its group", proc)
+            log.info("kernel process %d: killed processes left in its group", proc.pid)
         proc.forget_group()
 
         if proc.output_pump_started:
             with trio.move_on_after(OUTPUT_DRAIN_GRACE):
                 await proc.wait_output_closed()
         await proc.aclose_pipes()
-    logger.debug("%r terminated", proc)
+    log.debug("kernel process %d terminated (%s)", proc.pid, _describe_exit(code))
     return code

@@ -108,7 +108,7 @@ class SessionRegistry:
             lifeline=self._lifeline,
         )
         self._sessions[spec.session_id] = session
-        logger.info("Created session %s (%s)", spec.session_id, spec.display_name)
+        session.log.info("created (%s)", spec.display_name)
         return session
 
     def delete(self, session_id: str) -> None:
@@ -127,7 +127,7 @@ class SessionRegistry:
             )
         del self._sessions[session_id]
         session.release_resources()
-        logger.info("Deleted session %s", session_id)
+        session.log.info("deleted")
 
     def _activity(self) -> None:
         self.on_activity()

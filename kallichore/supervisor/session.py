@@ -57,6 +57,7 @@ from kallichore.errors import (
     SessionStateError,
     StartupError,
 )
+from kallichore.logs import SessionLog
 from kallichore.priority import RequestPriority
 from kallichore.session.envelope import EnvelopeEncoder
 from kallichore.session.execution_queue import ExecutionQueue
@@ -290,6 +291,8 @@ class KernelSession:
     # Requests sent from this process (msg_id -> watcher): their messages go
     # to the watcher; iopub also to the client, replies only to the watcher.
     _watchers: dict[str, RequestWatcher] = attrs.field(factory=dict, init=False, repr=False)
+    #: Logger for this session's lines ("Session <id>: ...", ``session_id`` set).
+    log: SessionLog = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.working_directory = self.spec.working_directory
@@ -297,7 +300,8 @@ class KernelSession:
         self.input_prompt = self.spec.input_prompt
         self.continuation_prompt = self.spec.continuation_prompt
         self._signer = Signer(self.key.encode("ascii"))
-        self._drops = DroppedMessageLog(self, logger)
+        self._drops = DroppedMessageLog(self.log)
+        self.log = SessionLog(logger, self.spec.session_id)
 
     def __repr__(self) -> str:
         return f"<KernelSession {self.spec.session_id!r} {self.status.value}>"
@@ -357,7 +361,7 @@ class KernelSession:
         """
         if not self.tracker.transition(status, trio.current_time()):
             return
-        logger.debug("%r: status %s (%s)", self, status.value, reason)
+        self.log.debug("status %s (%s)", status.value, reason)
         if status is SessionStatus.EXITED:
             self._clear_queue("the kernel exited")
         if status in (SessionStatus.IDLE, SessionStatus.READY, SessionStatus.EXITED):
@@ -403,7 +407,7 @@ class KernelSession:
         try:
             frame = self._envelopes.encode(channel, msg)
         except RemoteProtocolError as exc:
-            logger.warning("%r: dropped a %s %s: %s", self, channel, msg.msg_type, exc)
+            self.log.warning("dropped a %s %s: %s", channel, msg.msg_type, exc)
             return
         if self._watchers:
             watcher = self._watchers.get(msg.parent_msg_id or "")
@@ -416,7 +420,7 @@ class KernelSession:
     def _clear_queue(self, why: str) -> None:
         dropped = self.execution_queue.clear()
         if dropped:
-            logger.info("%r: dropped %d queued executions (%s)", self, len(dropped), why)
+            self.log.info("dropped %d queued executions (%s)", len(dropped), why)
             self.emit_event({"executionsDropped": {"msg_ids": dropped, "reason": why}})
             for msg_id in dropped:
                 if (watcher := self._watchers.get(msg_id)) is not None:
@@ -441,7 +445,7 @@ class KernelSession:
         self._on_activity()
         self.outbox_changed.set()
         self.outbox_changed = trio.Event()
-        logger.info("%r: client attached%s", self, " (took over)" if previous else "")
+        self.log.info("client attached%s", " (took over)" if previous else "")
         return attachment
 
     def detach_client(self, attachment: ClientAttachment) -> None:
@@ -450,7 +454,7 @@ class KernelSession:
             self._client = None
             self.connected = False
             self.socket_path = None
-            logger.info("%r: client detached", self)
+            self.log.info("client detached")
 
     def is_current_client(self, attachment: ClientAttachment) -> bool:
         """Whether ``attachment`` is still the session's client."""
@@ -596,10 +600,9 @@ class KernelSession:
                     or not is_port_conflict(exc.output)
                 ):
                     raise
-            logger.warning(
-                "%r: a port picked for the kernel was taken before it could bind it; "
+            self.log.warning(
+                "a port picked for the kernel was taken before it could bind it; "
                 "starting again with new ports (attempt %d of %d)",
-                self,
                 attempt + 1,
                 PORT_CONFLICT_ATTEMPTS,
             )
@@ -659,7 +662,7 @@ class KernelSession:
                 self.initial_env = env
                 cwd, warning = launch.choose_working_directory(self.working_directory, os.getcwd())
                 if warning:
-                    logger.warning("%r: %s", self, warning)
+                    self.log.warning("%s", warning)
                 # Ports reserved by an earlier GET connection_info are not reused:
                 # a start always writes a fresh connection file (as Kallichore).
                 self._release_held_ports()
@@ -708,13 +711,13 @@ class KernelSession:
                 if isinstance(exc, StartupError):
                     raise
                 if not isinstance(exc, TransportError | OSError | PortPickError | ValueError):
-                    logger.exception("%r: unexpected error while starting", self)
+                    self.log.exception("unexpected error while starting")
                 raise StartupError(
                     ErrorCode.PROCESS_START_FAILED, f"Failed to start process for session: {exc}"
                 ) from None
 
             process = inc.process
-            logger.info("%r: started process %d: %s", self, process.pid, " ".join(plan.argv))
+            self.log.info("started process %d: %s", process.pid, " ".join(plan.argv))
             self._current = inc
             # The output pump lives outside the incarnation's scope: when the
             # kernel dies it must still read the last lines (a startup error
@@ -787,7 +790,7 @@ class KernelSession:
                     # A bug in a pump must not reach the registry's nursery
                     # (it would take every session and the server down):
                     # treat it as a crash of this kernel.
-                    logger.exception("%r: internal error; stopping the kernel", self)
+                    self.log.exception("internal error; stopping the kernel")
                 finally:
                     await self._stop_incarnation(inc)
         if not started:
@@ -816,7 +819,7 @@ class KernelSession:
                 msg = deserializer.receive_frames(frames)
                 ports = parse_handshake_request(msg)
             except RemoteProtocolError as exc:
-                logger.warning("%r: bad JEP 66 handshake request: %s", self, exc)
+                self.log.warning("bad JEP 66 handshake request: %s", exc)
                 error = {
                     "status": "error",
                     "error": f"Failed to parse JupyterMessage: {exc}",
@@ -888,12 +891,21 @@ class KernelSession:
     async def _watch_exit(self, inc: _Incarnation) -> None:
         assert inc.process is not None
         inc.exit_code = await inc.process.wait()
-        logger.info(
-            "%r: kernel process %d exited (%s)",
-            self,
-            inc.process.pid,
-            describe_status(inc.exit_code),
-        )
+        # Busy: reported so, or running an execute_request whose busy status
+        # may still be unread. A kill or shutdown cancels this wait first.
+        busy = self.status is SessionStatus.BUSY or self.execution_queue.active is not None
+        if busy and not inc.scope.cancel_called:
+            self.log.warning(
+                "kernel process %d died while busy (%s)",
+                inc.process.pid,
+                describe_status(inc.exit_code),
+            )
+        else:
+            self.log.info(
+                "kernel process %d exited (%s)",
+                inc.process.pid,
+                describe_status(inc.exit_code),
+            )
         inc.scope.cancel()
 
     async def _read_iopub(self, inc: _Incarnation) -> None:
@@ -1096,10 +1108,10 @@ class KernelSession:
         msg_type = header["msg_type"]
         inc = self._current
         if inc is None or inc.sockets is None:
-            logger.warning("%r: no kernel; dropping client %s", self, msg_type)
+            self.log.warning("no kernel; dropping client %s", msg_type)
             return
         if channel not in _CHANNELS_TO_KERNEL:
-            logger.warning("%r: dropping client %s on channel %r", self, msg_type, channel)
+            self.log.warning("dropping client %s on channel %r", msg_type, channel)
             return
         if msg_type == "execute_request":
             if not self.execution_queue.submit(message):
@@ -1127,7 +1139,7 @@ class KernelSession:
                 base64.b64decode(b, validate=True) for b in message.get("buffers") or ()
             )
         except (ValueError, TypeError):
-            logger.warning("%r: dropping a client message with invalid base64 buffers", self)
+            self.log.warning("dropping a client message with invalid base64 buffers")
             return
         try:
             await self._send_wire(
@@ -1142,7 +1154,7 @@ class KernelSession:
             )
         except TransportError as exc:
             # The kernel is going away; its exit is being handled elsewhere.
-            logger.warning("%r: could not send a client message to the kernel: %s", self, exc)
+            self.log.warning("could not send a client message to the kernel: %s", exc)
 
     # ----------------------------------------------------- in-process requests
 
@@ -1188,7 +1200,7 @@ class KernelSession:
         inc = self._current
         if inc is None or not self.execution_queue.is_active(msg_id):
             return
-        logger.info("%r: interrupting the kernel: its execution %s was cancelled", self, msg_id)
+        self.log.info("interrupting the kernel: its execution %s was cancelled", msg_id)
         if self.spec.interrupt_mode == "signal":
             if inc.process is not None and inc.process.returncode is None:
                 inc.process.interrupt()
@@ -1298,9 +1310,8 @@ class KernelSession:
                 if resolved is not None:
                     self.working_directory = resolved
                 else:
-                    logger.warning(
-                        "%r: restart directory %s is not a directory; ignored",
-                        self,
+                    self.log.warning(
+                        "restart directory %s is not a directory; ignored",
                         working_directory,
                     )
             else:
@@ -1386,12 +1397,12 @@ class KernelSession:
                         nursery.start_soon(probe.learn_process)
                         nursery.start_soon(self._monitor_heartbeat, inc, probe)
                         await monitor.receive_multipart()
-                        logger.info("%r: the adopted kernel's sockets disconnected", self)
+                        self.log.info("the adopted kernel's sockets disconnected")
                         nursery.cancel_scope.cancel()
         except Exception:
             if not started:
                 raise
-            logger.exception("%r: internal error; disconnecting the adopted kernel", self)
+            self.log.exception("internal error; disconnecting the adopted kernel")
         finally:
             inc.exit_code = 0
             if started:
@@ -1448,6 +1459,7 @@ class KernelSession:
                     polite=polite,
                     polite_grace=SHUTDOWN_POLITE_GRACE,
                     term_grace=SHUTDOWN_TERM_GRACE,
+                    session_id=self.session_id,
                 )
             # A failed start keeps its buffered frames (Kallichore drains them):
             # the output is also in the startup error, but nothing is lost.

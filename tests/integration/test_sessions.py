@@ -433,7 +433,7 @@ def test_startup_failure_reports_exit_code_and_output(server: KernelServer) -> N
     assert res.status == 200, res
     res = server.get("/sessions/boom")
     assert res.status == 404
-    assert res.body == b""
+    assert res.json()["code"] == "KS-1"
 
 
 def port_taken_argv(count_file: str, times: int) -> list[str]:
@@ -591,12 +591,12 @@ def test_start_and_delete_of_a_running_session_are_refused(
         ),
     ],
 )
-def test_unknown_session_is_404_with_empty_body(
+def test_unknown_session_is_404_ks1(
     server: KernelServer, method: str, path: str, body: Any
 ) -> None:
     res = server.request(method, path, body)
     assert res.status == 404, res
-    assert res.body == b""
+    assert res.json()["code"] == "KS-1", res
 
 
 def test_missing_working_directory_falls_back(server: KernelServer, workdir: str) -> None:

@@ -26,7 +26,7 @@ def test_a_flood_of_unsigned_messages_logs_two_lines_not_thousands(
 ) -> None:
     caplog.set_level(logging.WARNING)
     clock = Clock()
-    drops = DroppedMessageLog("<session s1>", clock=clock)
+    drops = DroppedMessageLog(clock=clock)
     for _ in range(10_000):
         drops.record("iopub", "unsigned message")
     assert drops.total == 10_000
@@ -47,7 +47,7 @@ def test_summaries_are_rate_limited_and_flush_reports_the_rest(
 ) -> None:
     caplog.set_level(logging.WARNING)
     clock = Clock()
-    drops = DroppedMessageLog("<session s2>", clock=clock)
+    drops = DroppedMessageLog(clock=clock)
     drops.record("shell", "bad signature")
     for _ in range(3):
         clock.now += SUMMARY_INTERVAL / 4

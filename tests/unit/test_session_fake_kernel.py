@@ -475,6 +475,48 @@ async def test_kernel_exit_after_start_is_reported(
     assert session.to_json()["execution_queue"] == {"length": 0, "pending": []}
 
 
+async def test_a_kernel_dying_while_busy_is_a_warning_naming_the_session(
+    make_session: Callable[..., KernelSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kallichore.supervisor.session")
+    session = make_session()
+    frames = Frames(session)
+    await session.start()
+    pid = session.process_id
+    await session.send_from_client(execute_request("exit 7"))
+    with trio.fail_after(5):
+        await frames.wait_for(lambda f: f["kind"] == "kernel" and "exited" in f)
+    (death,) = [r for r in caplog.records if "died while busy" in r.getMessage()]
+    assert death.levelno == logging.WARNING
+    assert death.getMessage() == (
+        f"Session {session.session_id}: kernel process {pid} died while busy (exit status: 7)"
+    )
+    assert death.session_id == session.session_id  # type: ignore[attr-defined]
+
+
+async def test_killing_a_busy_kernel_is_not_a_death_warning(
+    make_session: Callable[..., KernelSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kallichore.supervisor")
+    session = make_session()
+    frames = Frames(session)
+    await session.start()
+    await session.send_from_client(execute_request("sleep 30"))
+    with trio.fail_after(5):
+        await frames.wait_for(
+            lambda f: is_jupyter("status")(f) and f["content"]["execution_state"] == "busy"
+        )
+    assert session.status is SessionStatus.BUSY
+    await session.kill()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    session_lines = [r for r in caplog.records if r.name.startswith("kallichore.supervisor")]
+    assert session_lines
+    for rec in session_lines:
+        if getattr(rec, "session_id", None) is None:
+            continue
+        assert rec.getMessage().startswith(f"Session {session.session_id}: ")
+
+
 async def test_flood_arrives_complete_and_in_order(
     make_session: Callable[..., KernelSession],
 ) -> None:
