@@ -300,8 +300,8 @@ class KernelSession:
         self.input_prompt = self.spec.input_prompt
         self.continuation_prompt = self.spec.continuation_prompt
         self._signer = Signer(self.key.encode("ascii"))
-        self._drops = DroppedMessageLog(self.log)
         self.log = SessionLog(logger, self.spec.session_id)
+        self._drops = DroppedMessageLog(self.log)
 
     def __repr__(self) -> str:
         return f"<KernelSession {self.spec.session_id!r} {self.status.value}>"

@@ -68,6 +68,6 @@ def test_summaries_are_rate_limited_and_flush_reports_the_rest(
 
 def test_the_log_goes_to_the_given_logger(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    drops = DroppedMessageLog("<s>", logging.getLogger("kallichore.supervisor.session"))
+    drops = DroppedMessageLog(logging.getLogger("kallichore.supervisor.session"))
     drops.record("control", "unsigned message")
     assert caplog.records[0].name == "kallichore.supervisor.session"
