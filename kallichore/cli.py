@@ -32,7 +32,7 @@ from typing import NoReturn
 
 import trio
 
-from kallichore import API_VERSION, __version__
+from kallichore import API_VERSION, __version__, fd_limit
 from kallichore.config import (
     DEFAULT_CLIENT_BUFFER_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
     except OSError as exc:
         _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
     set_process_name(PROCESS_NAME)
+    _raise_fd_limit()
     if config.token is None:
         logger.warning("Authentication is disabled (--token none): any local client is trusted")
     try:
@@ -260,6 +261,19 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
     except* KeyboardInterrupt:
         pass
     sys.exit(0)
+
+
+def _raise_fd_limit() -> None:
+    """Raise the open-file limit for the many sessions a server holds.
+
+    Here and not in :func:`kallichore.server.serve`: an application that
+    embeds the server owns its process's limits (see :mod:`kallichore.fd_limit`).
+    """
+    before, after = fd_limit.raise_soft_limit()
+    if after != before:
+        logger.info("Raised the open-file soft limit from %s to %s", before.soft, after.soft)
+    fd_limit.size_zmq_context()
+    fd_limit.quiet_accept_errors()
 
 
 def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:

@@ -36,6 +36,7 @@ from functools import partial
 import attrs
 import trio
 
+from kallichore import fd_limit
 from kallichore.announce import connection_details, send_handshake, write_connection_file
 from kallichore.api.channel_socket import ChannelSockets, channel_socket_dir
 from kallichore.config import ServerConfig, Transport, idle_shutdown_period
@@ -165,6 +166,7 @@ async def serve(
     from kallichore.api.tcp_channels import TcpChannelUpgrades
 
     listener = bind_listener(config)
+    fd_limit.log_limits()
     try:
         server = server if server is not None else Server(config)
         async with trio.open_nursery() as root:

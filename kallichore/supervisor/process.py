@@ -39,6 +39,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 import attrs
 import trio
 
+from kallichore import fd_limit
+
 __all__ = [
     "KILL_WARN_AFTER",
     "MAX_LINE_BYTES",
@@ -332,6 +334,7 @@ async def spawn_kernel_process(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    fd_limit.restore_child_limit(process.pid)
     kernel = KernelProcess(process=process)
     logger.debug("spawned %r: %s", kernel, list(argv))
     return kernel

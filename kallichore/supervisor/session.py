@@ -50,6 +50,7 @@ import psutil
 import trio
 import zmq
 
+from kallichore import fd_limit
 from kallichore.errors import (
     ErrorCode,
     KallichoreError,
@@ -534,6 +535,11 @@ class KernelSession:
             # is bounded by connection_timeout (and the shutdown ladder).
             with trio.CancelScope(shield=True):
                 info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+        except StartupError as exc:
+            shortage = fd_limit.shortage_error(exc)
+            if shortage is None:
+                raise
+            raise shortage from exc
         finally:
             self._busy_starting = False
         return info
