@@ -347,9 +347,7 @@ async def spawn_kernel_process(
 
     stdin is ``/dev/null`` (Kallichore lets kernels inherit the server's
     stdin); stdout and stderr are pipes for :meth:`KernelProcess.pump_output`.
-    ``JPY_PARENT_PID`` is set to the server's PID (as jupyter_client does), so
-    ipykernel exits if the server dies without stopping it. On Linux the
-    kernel gets back the open-file limit the server started with
+    On Linux the kernel gets back the open-file limit the server started with
     (:func:`kallichore.fd_limit.restore_child_limit`).
 
     Args:
@@ -376,22 +374,18 @@ async def spawn_kernel_process(
     """
     if not argv:
         raise ValueError("argv must not be empty")
-    # ipykernel (and other kernels that honour it, as with jupyter_client)
-    # exits when this process is no longer its parent: a server killed with
-    # SIGKILL does not leave its kernels running forever.
-    env = {**env, "JPY_PARENT_PID": str(os.getpid())}
     process = await trio.lowlevel.open_process(
         list(argv),
-        env=env,
+        env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    fd_limit.restore_child_limit(process.pid)
     kernel = KernelProcess(process=process)
     logger.debug("spawned %r: %s", kernel, list(argv))
+    fd_limit.restore_child_limit(process.pid)
     return kernel
 
 
@@ -473,12 +467,12 @@ async def terminate_process_group(
                 )
 
         code = await proc.wait()
-        # The leader is reaped; sweep the children it left in its group.
-        if proc.signal_group(signal.SIGKILL):
-            logger.info("%r: killed processes left in its group", proc)
         escapees = proc.kill_escapees()
         if escapees:
             logger.info("%r: killed %d descendants that had left its process group", proc, escapees)
+        # The leader is reaped; sweep the children it left in its group.
+        if proc.kill_group():
+            logger.info("%r: killed processes left in its group", proc)
 
         if proc.output_pump_started:
             with trio.move_on_after(OUTPUT_DRAIN_GRACE):
