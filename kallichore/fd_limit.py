@@ -282,19 +282,19 @@ def shortage_error(exc: StartupError) -> StartupError | None:
     if not (near or _is_exhaustion(exc)):
         return None
     held = f"{open_now} open, " if open_now is not None else ""
-    raise_to = limits.hard if limits.hard is not None else "a higher value"
-    hard_too = (
-        " and raise the hard limit (LimitNOFILE= in a systemd unit, "
-        "/etc/security/limits.conf, or launchctl limit maxfiles on macOS)"
-        if limits.soft is not None and limits.soft == limits.hard
-        else ""
-    )
+    if limits.soft is not None and limits.soft == limits.hard:
+        change = (
+            "or raise the hard limit (LimitNOFILE= in a systemd unit, "
+            "/etc/security/limits.conf, `sudo launchctl limit maxfiles` on macOS) "
+            "and restart the server: kcserver raises its soft limit to the hard one"
+        )
+    else:
+        raise_to = limits.hard if limits.hard is not None else UNLIMITED_FALLBACK
+        change = f"or restart the server after `ulimit -n {raise_to}` in the shell that starts it"
     details = (
         f"The server has run out of file descriptors ({held}{limits.describe()}); "
         f"each running session holds about {FDS_PER_SESSION}. Stop sessions that are "
-        f"no longer needed, or restart the server with a higher limit: "
-        f"`ulimit -n {raise_to}` in the shell that starts it{hard_too}. "
-        f"The error was: {exc.message}"
+        f"no longer needed, {change}. The error was: {exc.message}"
     )
     return StartupError(
         exc.code,
