@@ -81,7 +81,10 @@ class Tally:
             self.counts.update(counts)
 
     def error(self, worker: int, op: str, exc: BaseException) -> None:
-        line = f"worker {worker} {op}: {type(exc).__name__}: {exc}"
+        text = str(exc)
+        if len(text) > 400:  # a startupError carries the kernel's whole traceback
+            text = text[:200] + " ... " + text[-200:]
+        line = f"worker {worker} {op}: {type(exc).__name__}: {text}"
         log("ERROR", line)
         with self.lock:
             self.counts["op_errors"] += 1
