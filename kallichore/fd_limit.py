@@ -40,7 +40,7 @@ import time
 import attrs
 import psutil
 
-from kallichore.errors import StartupError
+from kallichore.errors import ErrorCode, StartupError
 
 try:
     import resource
@@ -50,6 +50,7 @@ except ImportError:  # Windows: no RLIMIT_NOFILE to manage
 __all__ = [
     "FDS_PER_SESSION",
     "FdLimits",
+    "check_headroom",
     "current_limits",
     "log_limits",
     "open_descriptors",
@@ -65,8 +66,12 @@ logger = logging.getLogger(__name__)
 
 #: Descriptors one running session holds in the server (measured with ipykernel).
 FDS_PER_SESSION = 15  # descriptors
-#: Fewer free descriptors than this, and a failed start is put down to the limit.
-NEAR_LIMIT = 2 * FDS_PER_SESSION  # descriptors
+#: Kept free for the server itself: HTTP connections (the request that would
+#: stop a session included), WebSockets, reading /proc.
+RESERVED_FDS = 16  # descriptors
+#: Free descriptors a start needs: fewer, and it is refused before it begins
+#: (and a failed start is put down to the limit).
+NEEDED_TO_START = FDS_PER_SESSION + RESERVED_FDS  # descriptors
 #: Soft limit to try when the hard limit is unlimited (macOS): its OPEN_MAX.
 UNLIMITED_FALLBACK = 10240  # descriptors
 #: At most one "accept returned EMFILE" log line per this many seconds.
@@ -224,7 +229,7 @@ def sessions_allowed(limits: FdLimits, open_now: int) -> int | None:
     """About how many more sessions fit under ``limits`` (``None``: no limit)."""
     if limits.soft is None:
         return None
-    return max(0, (limits.soft - open_now) // FDS_PER_SESSION)
+    return max(0, (limits.soft - open_now - RESERVED_FDS) // FDS_PER_SESSION)
 
 
 def log_limits() -> None:
@@ -268,7 +273,7 @@ def shortage_error(exc: StartupError) -> StartupError | None:
     """A clearer error for a start that failed for lack of descriptors, else ``None``.
 
     Two signs count: the error (or one it came from) is ``EMFILE``/``ENFILE``;
-    or fewer than :data:`NEAR_LIMIT` descriptors are free. The second is how
+    or fewer than :data:`NEEDED_TO_START` descriptors are free. The second is how
     most shortages show: ZeroMQ opens its TCP connections in its own thread,
     which retries quietly, so the start just times out.
 
@@ -278,9 +283,50 @@ def shortage_error(exc: StartupError) -> StartupError | None:
     """
     limits = current_limits()
     open_now = open_descriptors()
-    near = limits.soft is not None and open_now is not None and limits.soft - open_now < NEAR_LIMIT
-    if not (near or _is_exhaustion(exc)):
+    if not (_short(limits, open_now) or _is_exhaustion(exc)):
         return None
+    reason = f"The error was: {exc.message.rstrip('.')}"
+    return _shortage(exc.code, reason, limits, open_now, exc.exit_code, exc.output)
+
+
+def check_headroom() -> None:
+    """Refuse a start that would leave the server without descriptors of its own.
+
+    A start that takes the last descriptors leaves none to accept the next
+    HTTP connection -- not even the one that would stop a session and free
+    some -- so we refuse it while :data:`RESERVED_FDS` would still be free.
+
+    Raises:
+        StartupError: (``PROCESS_START_FAILED``, 500) fewer than
+            :data:`NEEDED_TO_START` descriptors are free.
+    """
+    limits = current_limits()
+    open_now = open_descriptors()
+    if _short(limits, open_now):
+        raise _shortage(
+            ErrorCode.PROCESS_START_FAILED,
+            f"{NEEDED_TO_START} free descriptors are needed to start one",
+            limits,
+            open_now,
+        )
+
+
+def _short(limits: FdLimits, open_now: int | None) -> bool:
+    return (
+        limits.soft is not None
+        and open_now is not None
+        and limits.soft - open_now < NEEDED_TO_START
+    )
+
+
+def _shortage(
+    code: ErrorCode,
+    reason: str,
+    limits: FdLimits,
+    open_now: int | None,
+    exit_code: int | None = None,
+    output: str | None = None,
+) -> StartupError:
     held = f"{open_now} open, " if open_now is not None else ""
     if limits.soft is not None and limits.soft == limits.hard:
         change = (
@@ -294,12 +340,12 @@ def shortage_error(exc: StartupError) -> StartupError | None:
     details = (
         f"The server has run out of file descriptors ({held}{limits.describe()}); "
         f"each running session holds about {FDS_PER_SESSION}. Stop sessions that are "
-        f"no longer needed, {change}. The error was: {exc.message}"
+        f"no longer needed, {change}. {reason}."
     )
     return StartupError(
-        exc.code,
+        code,
         f"Failed to start session: out of file descriptors ({limits.describe()})",
         details,
-        exit_code=exc.exit_code,
-        output=exc.output,
+        exit_code=exit_code,
+        output=output,
     )

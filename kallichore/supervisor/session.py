@@ -528,6 +528,7 @@ class KernelSession:
                 ErrorCode.PROCESS_START_FAILED,
                 "Failed to start process for session: No arguments provided",
             )
+        fd_limit.check_headroom()
         self._busy_starting = True
         try:
             # The kernel belongs to the session, not to the HTTP request: a

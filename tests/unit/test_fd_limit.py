@@ -65,7 +65,7 @@ def test_exhaustion_found_in_the_context_chain(cause: BaseException) -> None:
     assert "100 open, soft limit 1024, hard limit 4096" in shortage.details
     assert "`ulimit -n 4096`" in shortage.details
     assert "LimitNOFILE" not in shortage.details  # the hard limit has room
-    assert shortage.details.endswith("The error was: boom")
+    assert shortage.details.endswith("The error was: boom.")
 
 
 @pytest.mark.usefixtures("limits")
@@ -78,7 +78,7 @@ def test_exhaustion_found_in_the_message_only() -> None:
 def test_near_the_limit_counts_even_without_an_errno(monkeypatch: pytest.MonkeyPatch) -> None:
     # ZeroMQ's I/O thread retries a failed connect quietly: the start times out.
     monkeypatch.setattr(fd_limit, "current_limits", lambda: FdLimits(256, 256))
-    monkeypatch.setattr(fd_limit, "open_descriptors", lambda: 256 - fd_limit.NEAR_LIMIT + 1)
+    monkeypatch.setattr(fd_limit, "open_descriptors", lambda: 256 - fd_limit.NEEDED_TO_START + 1)
     timeout = StartupError(ErrorCode.SESSION_CONNECTION_TIMEOUT, "Timed out", exit_code=130)
     shortage = fd_limit.shortage_error(timeout)
     assert shortage is not None
@@ -86,12 +86,33 @@ def test_near_the_limit_counts_even_without_an_errno(monkeypatch: pytest.MonkeyP
     assert shortage.exit_code == 130
     assert shortage.details is not None
     assert "LimitNOFILE" in shortage.details  # soft == hard: the hard limit must go up
-    monkeypatch.setattr(fd_limit, "open_descriptors", lambda: 256 - fd_limit.NEAR_LIMIT)
+    monkeypatch.setattr(fd_limit, "open_descriptors", lambda: 256 - fd_limit.NEEDED_TO_START)
     assert fd_limit.shortage_error(timeout) is None
 
 
+def test_a_start_is_refused_while_a_reserve_is_still_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fd_limit, "current_limits", lambda: FdLimits(256, 1024))
+    monkeypatch.setattr(fd_limit, "open_descriptors", lambda: 256 - fd_limit.NEEDED_TO_START)
+    fd_limit.check_headroom()  # exactly enough: allowed
+    monkeypatch.setattr(fd_limit, "open_descriptors", lambda: 256 - fd_limit.NEEDED_TO_START + 1)
+    with pytest.raises(StartupError) as caught:
+        fd_limit.check_headroom()
+    error = caught.value
+    assert (error.http_status, error.code) == (500, ErrorCode.PROCESS_START_FAILED)
+    assert "out of file descriptors (soft limit 256, hard limit 1024)" in error.message
+    assert error.details is not None
+    assert "`ulimit -n 1024`" in error.details
+    assert error.details.endswith("31 free descriptors are needed to start one.")
+    assert "exit_code" not in error.to_startup_body()
+    # No limit, or no way to count: never refused.
+    monkeypatch.setattr(fd_limit, "current_limits", lambda: FdLimits(None, None))
+    fd_limit.check_headroom()
+
+
 def test_sessions_allowed() -> None:
-    assert fd_limit.sessions_allowed(FdLimits(1024, 4096), 59) == (1024 - 59) // 15 == 64
+    assert fd_limit.sessions_allowed(FdLimits(1024, 4096), 59) == (1024 - 59 - 16) // 15 == 63
     assert fd_limit.sessions_allowed(FdLimits(10, 10), 59) == 0
     assert fd_limit.sessions_allowed(FdLimits(None, None), 59) is None
 
