@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: serve test lint clean bench
+.PHONY: serve test lint clean bench soak
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -52,3 +52,11 @@ $(BENCH_VENV)/.stamp: pyproject.toml bench/requirements.txt
 
 bench: $(BENCH_VENV)/.stamp
 	$(BENCH_VENV)/bin/python bench/run.py $(ARGS)
+
+# `make soak`: sessions churning against one real server for SOAK_SECONDS
+# (default 600) with seed SOAK_SEED; see bench/soak.py and docs/reliability.md.
+SOAK_SECONDS ?= 600
+SOAK_SEED ?= 1
+
+soak: $(VENV)/.stamp-test
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) $(BIN)/python bench/soak.py

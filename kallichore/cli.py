@@ -34,7 +34,7 @@ from typing import NoReturn
 import attrs
 import trio
 
-from kallichore import API_VERSION, __version__, version_line
+from kallichore import API_VERSION, __version__, fd_limit, version_line
 from kallichore.config import (
     DEFAULT_CLIENT_BUFFER_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -323,6 +323,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
     except OSError as exc:
         _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
     set_process_name(PROCESS_NAME)
+    _raise_fd_limit()
     if config.token is None:
         logger.warning("Authentication is disabled (--token none): any local client is trusted")
     notifier = Notifier.from_environ()
@@ -373,6 +374,19 @@ def _activated_listener(config: ServerConfig) -> tuple[ServerConfig, BoundListen
         unix_socket = None  # abstract: no directory to share
     logger.info("Serving on the socket passed by systemd (%s)", activated[0].name)
     return attrs.evolve(config, transport=listener.transport, unix_socket=unix_socket), listener
+
+
+def _raise_fd_limit() -> None:
+    """Raise the open-file limit for the many sessions a server holds.
+
+    Here and not in :func:`kallichore.server.serve`: an application that
+    embeds the server owns its process's limits (see :mod:`kallichore.fd_limit`).
+    """
+    before, after = fd_limit.raise_soft_limit()
+    if after != before:
+        logger.info("Raised the open-file soft limit from %s to %s", before.soft, after.soft)
+    fd_limit.size_zmq_context()
+    fd_limit.quiet_accept_errors()
 
 
 def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:

@@ -81,10 +81,19 @@ class MemoryTrimmer:
         if self.trim is None:
             logger.debug("No malloc_trim in this C library: the heap is not trimmed")
             return
-        self._baseline = self.rss()
+        try:
+            self._baseline = self.rss()
+        except (psutil.Error, OSError) as exc:
+            logger.warning("Cannot read the resident size (%s): the heap is not trimmed", exc)
+            return
         while True:
             await trio.sleep(self.interval)
-            await self.check()
+            try:
+                await self.check()
+            except (psutil.Error, OSError) as exc:
+                # Reading /proc needs a descriptor: at the open-file limit
+                # this fails, and must not take the server down with it.
+                logger.debug("Heap trim check skipped: %s", exc)
 
     async def check(self) -> None:
         """Trim now if the resident size is ``growth`` or more above its start."""

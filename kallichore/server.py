@@ -36,6 +36,7 @@ from functools import partial
 import attrs
 import trio
 
+from kallichore import fd_limit
 from kallichore.announce import (
     WrittenFile,
     connection_details,
@@ -183,6 +184,7 @@ async def serve(
     install_refusal_bodies()
     listener = listener if listener is not None else bind_listener(config)
     written: list[WrittenFile] = []
+    fd_limit.log_limits()
     try:
         server = server if server is not None else Server(config)
         async with trio.open_nursery() as root:

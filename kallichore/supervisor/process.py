@@ -42,8 +42,10 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 import attrs
+import psutil
 import trio
 
+from kallichore import fd_limit
 from kallichore.logs import SessionLog
 from kallichore.supervisor.lifeline import Lifeline
 
@@ -128,6 +130,9 @@ class KernelProcess:
     _lifeline: Lifeline | None = attrs.field(default=None, alias="lifeline")
     # True once pump_output has started; it may run only once.
     _pump_started: bool = attrs.field(default=False, init=False)
+    # Descendants seen outside the kernel's process group (setsid), noted
+    # when it was told to stop; killed after it (see kill_escapees).
+    _escapees: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
     # Set when pump_output has finished with both pipes (and closed them).
     _output_closed: trio.Event = attrs.field(factory=trio.Event, init=False)
 
@@ -195,10 +200,53 @@ class KernelProcess:
     def kill_group(self) -> bool:
         """Send SIGKILL to the kernel's group (kernel and any children left in it).
 
+        Descendants that left the group are noted first (:meth:`note_escapees`).
+
         Returns:
             Whether the signal was delivered to at least one process.
         """
+        self.note_escapees()
         return self.signal_group(signal.SIGKILL)
+
+    def note_escapees(self) -> None:
+        """Remember the kernel's descendants that are outside its process group.
+
+        A child that called ``setsid`` (or ``setpgid``) is out of reach of our
+        group signals. While the kernel lives, its descendants can be found by
+        walking the process tree; once it has exited they are re-parented and
+        nothing ties them to it any more. So this is called before each step
+        that may end the kernel, and :meth:`kill_escapees` kills them after it.
+        A daemon that double-forked away before that is not in the tree and
+        survives, as its author intended.
+        """
+        if self.returncode is not None:
+            return
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except (psutil.Error, OSError):
+            return
+        for child in descendants:
+            try:
+                if os.getpgid(child.pid) != self.pgid:
+                    self._escapees.setdefault(child.pid, child)
+            except OSError:
+                continue
+
+    def kill_escapees(self) -> int:
+        """SIGKILL the descendants :meth:`note_escapees` found; how many were alive.
+
+        psutil checks each process's start time before signalling, so a
+        recycled PID is never hit.
+        """
+        killed = 0
+        for child in self._escapees.values():
+            try:
+                child.kill()
+            except (psutil.Error, OSError):
+                continue
+            killed += 1
+        self._escapees.clear()
+        return killed
 
     async def wait(self) -> int:
         """Wait for the kernel to exit, and reap it.
@@ -329,6 +377,8 @@ async def spawn_kernel_process(
 
     stdin is ``/dev/null`` (Kallichore lets kernels inherit the server's
     stdin); stdout and stderr are pipes for :meth:`KernelProcess.pump_output`.
+    On Linux the kernel gets back the open-file limit the server started with
+    (:func:`kallichore.fd_limit.restore_child_limit`).
 
     Args:
         argv: the command line, usually ``LaunchPlan.argv``; non-empty.
@@ -372,6 +422,7 @@ async def spawn_kernel_process(
     if lifeline is not None:
         lifeline.watch(kernel.pgid)
     logger.debug("spawned %r: %s", kernel, list(argv))
+    fd_limit.restore_child_limit(process.pid)
     return kernel
 
 
@@ -397,7 +448,10 @@ async def terminate_process_group(
     Then, with the leader reaped: SIGKILL to the rest of the group (children
     that outlived the kernel, history case D29); if :meth:`~KernelProcess.pump_output`
     runs, give it :data:`OUTPUT_DRAIN_GRACE` seconds to read to end of file;
-    close the pipes. Children that left the group (``setsid``) are out of reach.
+    close the pipes. Descendants that left the group (``setsid``) are out of
+    reach of group signals: those still in the kernel's process tree when it
+    is told to stop are noted and SIGKILLed after it
+    (:meth:`~KernelProcess.note_escapees`).
 
     Args:
         proc: the kernel.
@@ -422,6 +476,7 @@ async def terminate_process_group(
         logger if session_id is None else SessionLog(logger, session_id)
     )
     with trio.CancelScope(shield=True):
+        proc.note_escapees()
         if polite is not None and proc.returncode is None:
             with trio.move_on_after(max(polite_grace, 0.0)) as polite_scope:
                 try:
@@ -442,6 +497,7 @@ async def terminate_process_group(
                 )
 
         if proc.returncode is None:
+            proc.note_escapees()
             proc.signal_group(signal.SIGTERM)
             with trio.move_on_after(max(term_grace, 0.0)):
                 await proc.wait()
@@ -463,6 +519,13 @@ async def terminate_process_group(
                 )
 
         code = await proc.wait()
+        escapees = proc.kill_escapees()
+        if escapees:
+            log.info(
+                "kernel process %d: killed %d descendants that had left its process group",
+                proc.pid,
+                escapees,
+            )
         # The leader is reaped; sweep the children it left in its group.
         if proc.kill_group():
             log.info("kernel process %d: killed processes left in its group", proc.pid)

@@ -49,6 +49,7 @@ import psutil
 import trio
 import zmq
 
+from kallichore import fd_limit
 from kallichore.errors import (
     ErrorCode,
     KallichoreError,
@@ -566,6 +567,7 @@ class KernelSession:
                 ErrorCode.PROCESS_START_FAILED,
                 "Failed to start process for session: No arguments provided",
             )
+        fd_limit.check_headroom()
         self._busy_starting = True
         try:
             # The kernel belongs to the session, not to the HTTP request: a
@@ -573,6 +575,11 @@ class KernelSession:
             # is bounded by connection_timeout (and the shutdown ladder).
             with trio.CancelScope(shield=True):
                 info = await self._start_with_fresh_ports_on_conflict()
+        except StartupError as exc:
+            shortage = fd_limit.shortage_error(exc)
+            if shortage is None:
+                raise
+            raise shortage from exc
         finally:
             self._busy_starting = False
         return info

@@ -160,12 +160,20 @@ class KernelServer:
     """One real ``python -m kallichore serve`` process over TCP."""
 
     def __init__(
-        self, workdir: str, marker: str, *, token: str | None = None, args: tuple[str, ...] = ()
+        self,
+        workdir: str,
+        marker: str,
+        *,
+        token: str | None = None,
+        args: tuple[str, ...] = (),
+        fd_limits: tuple[int, int] | None = None,
     ) -> None:
         self.workdir = workdir
         self.marker = marker
         self.token = token
         self.args = args  # extra `serve` flags
+        # (soft, hard) RLIMIT_NOFILE the server process starts with.
+        self.fd_limits = fd_limits
         self.name = uuid.uuid4().hex[:8]
         self.connection_file = os.path.join(workdir, f"server-{self.name}.json")
         self.log_path = os.path.join(workdir, f"server-{self.name}.log")
@@ -191,10 +199,18 @@ class KernelServer:
         return env
 
     def start(self) -> KernelServer:
+        launcher = [sys.executable, "-m", "kallichore"]
+        if self.fd_limits is not None:
+            # Set in the server process itself (no preexec_fn in a threaded test).
+            launcher = [
+                sys.executable,
+                "-c",
+                "import resource, sys; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, {self.fd_limits}); "
+                "from kallichore.cli import module_main; module_main(sys.argv[1:])",
+            ]
         argv = [
-            sys.executable,
-            "-m",
-            "kallichore",
+            *launcher,
             "serve",
             "--transport",
             "tcp",

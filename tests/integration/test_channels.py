@@ -704,6 +704,27 @@ async def test_disconnect_mid_output_and_reconnect_loses_nothing(
     await second_client.leave()
 
 
+async def test_kernel_sigkilled_mid_output_ends_the_stream_cleanly(
+    server: ChannelServer, session_id: str, nursery: trio.Nursery
+) -> None:
+    """What arrived before the SIGKILL is a gap-free prefix, then ``exited: -9``."""
+    client = await connect(server, session_id, nursery)
+    request = execute(
+        "import time\nfor i in range(100000):\n    print(i, flush=True)\n    time.sleep(0.001)"
+    )
+    await client.send(request)
+    frames = await client.until(printed_at_least(200))
+    details = await trio.to_thread.run_sync(server.session, session_id)
+    os.kill(details["process_id"], signal.SIGKILL)
+    frames += await client.until(lambda f: "exited" in f, 30)
+    assert frames[-1] == {"kind": "kernel", "exited": -9}
+    numbers = stdout_of(frames, msg_id(request)).split()
+    assert len(numbers) >= 200
+    assert numbers == [str(i) for i in range(len(numbers))]
+    assert (await trio.to_thread.run_sync(server.session, session_id))["status"] == "exited"
+    await client.leave()
+
+
 async def test_takeover_tells_the_first_client_and_closes_it(
     server: ChannelServer, session_id: str, nursery: trio.Nursery
 ) -> None:

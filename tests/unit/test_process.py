@@ -489,6 +489,35 @@ async def test_terminate_kills_grandchildren(
     await assert_gone(gpid)
 
 
+SPAWN_ESCAPEE = """
+    import subprocess, sys, time
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    print("grandchild", child.pid, flush=True)
+    {then}
+"""
+
+
+@pytest.mark.parametrize("stop", ["terminate", "kill"])
+async def test_setsid_grandchild_is_killed_after_its_kernel(
+    spawn: Spawn, leftover_pids: list[int], stop: str
+) -> None:
+    # Out of reach of the group signals, but still in the kernel's tree when
+    # it is told to stop (a kill sends SIGKILL before the ladder runs).
+    proc = await spawn(SPAWN_ESCAPEE.format(then="time.sleep(30)"))
+    out = Output()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(proc.pump_output, out.emit)
+        gpid = await _grandchild_pid(out, leftover_pids)
+        assert os.getpgid(gpid) != proc.pgid
+        if stop == "kill":
+            proc.kill_group()
+        await terminate_process_group(proc, polite=None, polite_grace=1, term_grace=5)
+    await assert_gone(gpid)
+
+
 async def test_orphans_of_an_exited_kernel_are_killed(
     spawn: Spawn, leftover_pids: list[int]
 ) -> None:
