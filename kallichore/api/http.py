@@ -86,8 +86,6 @@ _PATCH_MARK = "_kallichore_adjusted"
 _HEAD_ATTR = "_kallichore_head"
 # Set while a second response to one upgrade request is being dropped.
 _DROPPING_ATTR = "_kallichore_dropping"
-# Set when the connection must close once the response being written ends.
-_CLOSE_AFTER_ATTR = "_kallichore_close_after"
 
 
 def _reason(status_code: int) -> bytes:
@@ -123,42 +121,42 @@ def _adjusted_head(
     )
 
 
-async def _dropped_second_answer(protocol: H11Protocol, event: Any) -> bool:
+def _dropped_second_answer(protocol: H11Protocol, event: Any) -> bool:
     """Whether ``event`` belongs to a second response to one upgrade request, now dropped.
 
     A client that sends more bytes after an upgrade request, before its
     answer is complete, makes hypercorn answer them with a ``400`` of its
-    own while the app's answer (a refusal) is still being written, and then
-    forget to end the connection once the refusal is done. HTTP allows one
-    response per request, so the second response is dropped (its head here,
-    its end, written next by the same task, through the mark left on the
-    protocol) and the connection is closed once the first one is complete.
+    own while the app's answer (a refusal) is still being written. HTTP
+    allows one response per request, so the second response is dropped: its
+    head here, the rest (written next by the same task, with no checkpoint
+    in between) through the mark left on the protocol.
     """
     if getattr(protocol, _DROPPING_ATTR, False):
         if isinstance(event, h11.EndOfMessage):
             setattr(protocol, _DROPPING_ATTR, False)
         return True
     connection = protocol.connection
-    if not (
+    if (
         isinstance(event, h11.Response)
         and isinstance(connection, H11WSConnection)
         and connection.h11_connection.our_state is not h11.SEND_RESPONSE
     ):
-        return False
-    setattr(protocol, _DROPPING_ATTR, True)
-    if connection.h11_connection.our_state is h11.SEND_BODY:
-        setattr(protocol, _CLOSE_AFTER_ATTR, True)
-    else:
-        await protocol.send(Closed())
-    return True
+        setattr(protocol, _DROPPING_ATTR, True)
+        return True
+    return False
 
 
-def _response_ended(protocol: H11Protocol) -> bool:
-    """Whether the response to an upgrade request has been written to its end."""
+def _refusal_ended(protocol: H11Protocol, event: Any) -> bool:
+    """Whether ``event`` ended the (only) response to an upgrade request.
+
+    The connection must close then: hypercorn cannot parse HTTP on it any
+    more, and after its own handshake ``400`` it would never close it.
+    """
     connection = protocol.connection
     return (
-        isinstance(connection, H11WSConnection)
-        and connection.h11_connection.our_state is not h11.SEND_BODY
+        isinstance(event, h11.EndOfMessage)
+        and isinstance(connection, H11WSConnection)
+        and connection.h11_connection.our_state in (h11.DONE, h11.MUST_CLOSE)
     )
 
 
@@ -171,8 +169,7 @@ def install_h11_adjustments() -> None:
     async def send_h11_event(self: H11Protocol, event: Any) -> None:
         try:
             await _send_adjusted(self, event)
-            if getattr(self, _CLOSE_AFTER_ATTR, False) and _response_ended(self):
-                setattr(self, _CLOSE_AFTER_ATTR, False)
+            if _refusal_ended(self, event):
                 await self.send(Closed())
         except h11.LocalProtocolError as exc:
             # h11 refuses an event that breaks HTTP/1.1 for this connection
@@ -183,7 +180,7 @@ def install_h11_adjustments() -> None:
             await self.send(Closed())
 
     async def _send_adjusted(self: H11Protocol, event: Any) -> None:
-        if await _dropped_second_answer(self, event):
+        if _dropped_second_answer(self, event):
             return
         if isinstance(event, h11.Response | h11.InformationalResponse):
             event = _adjusted_head(self, event)

@@ -54,6 +54,10 @@ CASES: dict[str, Callable[[str], list[bytes]]] = {
         upgrade(f"/sessions/{SESSION}/channels"),
         STATUS,
     ],
+    "handshake without a key": lambda token: [
+        STATUS,
+        upgrade(f"/sessions/{SESSION}/channels", token).replace(_KEY, b""),
+    ],
     "authenticated upgrade second": lambda token: [
         STATUS,
         upgrade(f"/sessions/{SESSION}/channels", token),
@@ -157,6 +161,11 @@ async def test_a_refused_or_late_upgrade_ends_only_its_connection(
             with trio.move_on_after(ANSWER_TIMEOUT) as waited:
                 answers.append(await read_answer(stream))
             assert not waited.cancelled_caught, (request, answers)
+        if case != "authenticated upgrade second":
+            # The connection ends after the refusal: EOF, not a wait.
+            with trio.move_on_after(ANSWER_TIMEOUT) as waited:
+                assert await read_answer(stream) == b""
+            assert not waited.cancelled_caught, answers
     refusals = [a for a in answers if re.match(rb"HTTP/1\.1 4\d\d ", a)]
     if case != "authenticated upgrade second":
         assert refusals, answers
