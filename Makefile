@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: serve test lint clean bench
+.PHONY: serve test lint clean bench fuzz
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,6 +33,14 @@ lint: $(VENV)/.stamp-test
 	$(BIN)/ruff check kallichore tests
 	$(BIN)/ruff format --check kallichore tests
 	$(BIN)/mypy
+
+# `make fuzz`: the long runs of the fuzzers whose short, seeded runs are in
+# `make test`: schemathesis over every operation of kallichore.json, then the
+# connection-level protocol fuzzer for FUZZ_SECONDS (default 600) per listener.
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.stamp-test
+	KC_SCHEMA_EXAMPLES=300 KC_SCHEMA_STEPS=100 $(BIN)/python -m pytest -p no:cacheprovider \
+		tests/integration/test_schema_fuzz.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

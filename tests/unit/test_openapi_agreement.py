@@ -58,3 +58,44 @@ def test_document_basics() -> None:
     status = SPEC["paths"]["/status"]["get"]
     assert status["security"] == [], "GET /status is the one open endpoint"
     assert "server_id" in SPEC["components"]["schemas"]["serverStatus"]["properties"]
+
+
+def test_declared_limits_are_the_ones_the_server_enforces() -> None:
+    """Every bound in the document is the constant the validation code uses."""
+    from kallichore.api.routes import MAX_CONNECTION_TIMEOUT, MAX_PID, MAX_SESSION_ID_CHARS
+    from kallichore.config import MAX_IDLE_SHUTDOWN_HOURS, MAX_SAMPLE_INTERVAL_MS
+    from kallichore.wire.connection_file import MAX_PORT, MIN_PORT
+
+    schemas = SPEC["components"]["schemas"]
+    process_id = schemas["clientHeartbeat"]["properties"]["process_id"]
+    assert (process_id["minimum"], process_id["maximum"]) == (0, MAX_PID)
+    config = schemas["serverConfiguration"]["properties"]
+    assert config["idle_shutdown_hours"]["maximum"] == MAX_IDLE_SHUTDOWN_HOURS
+    interval = config["resource_sample_interval_ms"]
+    assert (interval["minimum"], interval["maximum"]) == (0, MAX_SAMPLE_INTERVAL_MS)
+    new = schemas["newSession"]["properties"]
+    assert (new["session_id"]["minLength"], new["session_id"]["maxLength"]) == (
+        1,
+        MAX_SESSION_ID_CHARS,
+    )
+    timeout = new["connection_timeout"]
+    assert (timeout["minimum"], timeout["maximum"]) == (1, MAX_CONNECTION_TIMEOUT)
+    for name, prop in schemas["connectionInfo"]["properties"].items():
+        if name.endswith("_port"):
+            assert (prop["minimum"], prop["maximum"]) == (MIN_PORT, MAX_PORT), name
+
+
+def test_optional_request_fields_that_take_null_say_so() -> None:
+    """The converter reads ``null`` as absent for optional fields; the document agrees."""
+    schemas = SPEC["components"]["schemas"]
+    for schema_name in ("serverConfiguration", "clientHeartbeat", "restartSession"):
+        for name, prop in schemas[schema_name]["properties"].items():
+            assert prop.get("nullable") is True, f"{schema_name}.{name}"
+    log_level = schemas["serverConfiguration"]["properties"]["log_level"]
+    assert None in log_level["enum"]
+    new = schemas["newSession"]
+    for name, prop in new["properties"].items():
+        if name in new["required"] or name == "session_mode":
+            assert not prop.get("nullable"), name
+        else:
+            assert prop.get("nullable") is True, name
