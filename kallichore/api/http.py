@@ -25,12 +25,22 @@ soon as the response is complete, so the close never happened and the client
 waited for EOF forever. ``TCPServer._close`` now runs shielded, with its own
 bound.
 
-A fourth makes WebSockets served by hypercorn (a channel upgrade on a
+A fourth keeps one client's protocol error inside its connection. Once
+Hypercorn has seen a WebSocket upgrade request, the connection cannot parse
+HTTP again, so a refused upgrade now says ``Connection: close`` and the
+connection ends with it. Bytes that arrive before the refusal is written make
+Hypercorn start a second response to the same request; that response is
+dropped. Any other event h11 refuses closes the connection instead of
+unwinding it.
+
+A fifth makes WebSockets served by hypercorn (a channel upgrade on a
 kept-alive connection) send a Close frame with 1007 or 1009 before dropping
 the connection, as the other channel paths do
 (:mod:`kallichore.api.hypercorn_ws`).
 
 The wrappers are installed once, are idempotent, and change nothing else.
+Whatever still escapes one connection's handling is logged and ends that
+connection in :func:`serve_http`; it never reaches the server's nursery.
 """
 
 from __future__ import annotations
@@ -44,8 +54,8 @@ from typing import Any
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import RawData
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -80,6 +90,10 @@ CONNECTION_CLOSE_TIMEOUT = 1.0  # seconds
 _PATCH_MARK = "_kallichore_adjusted"
 # Where a held-back response head waits for its first body chunk.
 _HEAD_ATTR = "_kallichore_head"
+# Set while a second response to one upgrade request is being dropped.
+_DROPPING_ATTR = "_kallichore_dropping"
+# Set when the connection must close once the response being written ends.
+_CLOSE_AFTER_ATTR = "_kallichore_close_after"
 
 
 def _reason(status_code: int) -> bytes:
@@ -89,6 +103,71 @@ def _reason(status_code: int) -> bytes:
         return b""
 
 
+def _adjusted_head(
+    protocol: H11Protocol, event: h11.Response | h11.InformationalResponse
+) -> h11.Response | h11.InformationalResponse:
+    """``event`` with its reason phrase, and ``Connection: close`` on a refused upgrade.
+
+    Once hypercorn has seen a WebSocket upgrade request, the connection can
+    no longer parse HTTP: it ends after a refusal. Saying so in the refusal
+    tells the client not to send another request on it.
+    """
+    headers = list(event.headers)
+    if (
+        isinstance(event, h11.Response)
+        and isinstance(protocol.connection, H11WSConnection)
+        and not any(name == b"connection" for name, _ in headers)
+    ):
+        headers.append((b"connection", b"close"))
+    elif event.reason:
+        return event
+    return type(event)(
+        status_code=event.status_code,
+        headers=headers,
+        http_version=event.http_version,
+        reason=event.reason or _reason(event.status_code),
+    )
+
+
+async def _dropped_second_answer(protocol: H11Protocol, event: Any) -> bool:
+    """Whether ``event`` belongs to a second response to one upgrade request, now dropped.
+
+    A client that sends more bytes after an upgrade request, before its
+    answer is complete, makes hypercorn answer them with a ``400`` of its
+    own while the app's answer (a refusal) is still being written, and then
+    forget to end the connection once the refusal is done. HTTP allows one
+    response per request, so the second response is dropped (its head here,
+    its end, written next by the same task, through the mark left on the
+    protocol) and the connection is closed once the first one is complete.
+    """
+    if getattr(protocol, _DROPPING_ATTR, False):
+        if isinstance(event, h11.EndOfMessage):
+            setattr(protocol, _DROPPING_ATTR, False)
+        return True
+    connection = protocol.connection
+    if not (
+        isinstance(event, h11.Response)
+        and isinstance(connection, H11WSConnection)
+        and connection.h11_connection.our_state is not h11.SEND_RESPONSE
+    ):
+        return False
+    setattr(protocol, _DROPPING_ATTR, True)
+    if connection.h11_connection.our_state is h11.SEND_BODY:
+        setattr(protocol, _CLOSE_AFTER_ATTR, True)
+    else:
+        await protocol.send(Closed())
+    return True
+
+
+def _response_ended(protocol: H11Protocol) -> bool:
+    """Whether the response to an upgrade request has been written to its end."""
+    connection = protocol.connection
+    return (
+        isinstance(connection, H11WSConnection)
+        and connection.h11_connection.our_state is not h11.SEND_BODY
+    )
+
+
 def install_h11_adjustments() -> None:
     """Wrap Hypercorn's h11 event sender (see module docstring). Idempotent."""
     original = H11Protocol._send_h11_event
@@ -96,13 +175,24 @@ def install_h11_adjustments() -> None:
         return
 
     async def send_h11_event(self: H11Protocol, event: Any) -> None:
-        if isinstance(event, h11.Response | h11.InformationalResponse) and not event.reason:
-            event = type(event)(
-                status_code=event.status_code,
-                headers=event.headers,
-                http_version=event.http_version,
-                reason=_reason(event.status_code),
-            )
+        try:
+            await _send_adjusted(self, event)
+            if getattr(self, _CLOSE_AFTER_ATTR, False) and _response_ended(self):
+                setattr(self, _CLOSE_AFTER_ATTR, False)
+                await self.send(Closed())
+        except h11.LocalProtocolError as exc:
+            # h11 refuses an event that breaks HTTP/1.1 for this connection
+            # (two responses to one request, for one). The connection can't
+            # carry on; end it here rather than let the error unwind the
+            # connection's task group.
+            logger.info("Closing a connection that cannot carry on: %s", exc)
+            await self.send(Closed())
+
+    async def _send_adjusted(self: H11Protocol, event: Any) -> None:
+        if await _dropped_second_answer(self, event):
+            return
+        if isinstance(event, h11.Response | h11.InformationalResponse):
+            event = _adjusted_head(self, event)
         if isinstance(event, h11.Response):
             try:
                 setattr(self, _HEAD_ATTR, self.connection.send(event))
@@ -192,7 +282,7 @@ async def serve_http(
     taken: set[trio.CancelScope] = set()
     stopping = False
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def serve_connection(stream: trio.SocketStream) -> None:
         http_stream: trio.abc.Stream | None = stream
         if take_connection is not None:
             http_stream = None
@@ -215,6 +305,20 @@ async def serve_http(
             await TCPServer(asgi, config, context, state, priority_stream)  # type: ignore[arg-type]
         finally:
             priority_stream.unwatch()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        # One connection's failure ends that connection only: it is logged
+        # and the stream closed, and never reaches the server's nursery.
+        try:
+            await serve_connection(stream)
+        except* Exception as failure:
+            errors = failure.exceptions
+            logger.error(
+                "A client connection failed; closed it",
+                exc_info=errors[0] if len(errors) == 1 else failure,
+            )
+            with trio.CancelScope(shield=True), trio.move_on_after(CONNECTION_CLOSE_TIMEOUT):
+                await stream.aclose()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
