@@ -36,11 +36,16 @@ lint: $(VENV)/.stamp-test
 
 # `make fuzz`: the long runs of the fuzzers whose short, seeded runs are in
 # `make test`: schemathesis over every operation of kallichore.json, then the
-# connection-level protocol fuzzer for FUZZ_SECONDS (default 600) per listener.
+# connection-level protocol fuzzer for FUZZ_SECONDS (default 600, shared by the
+# TCP and Unix-socket listeners).
 FUZZ_SECONDS ?= 600
 fuzz: $(VENV)/.stamp-test
 	KC_SCHEMA_EXAMPLES=300 KC_SCHEMA_STEPS=100 $(BIN)/python -m pytest -p no:cacheprovider \
+		-o faulthandler_timeout=0 \
 		tests/integration/test_schema_fuzz.py $(ARGS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -p no:cacheprovider -s \
+		-o faulthandler_timeout=0 \
+		tests/integration/test_connection_fuzz.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
