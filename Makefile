@@ -42,7 +42,7 @@ FUZZ_SECONDS ?= 600
 fuzz: $(VENV)/.stamp-test
 	KC_SCHEMA_EXAMPLES=300 KC_SCHEMA_STEPS=100 $(BIN)/python -m pytest -p no:cacheprovider \
 		-o faulthandler_timeout=0 \
-		tests/integration/test_schema_fuzz.py $(ARGS)
+		-s tests/integration/test_schema_fuzz.py $(ARGS)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -p no:cacheprovider -s \
 		-o faulthandler_timeout=0 \
 		tests/integration/test_connection_fuzz.py $(ARGS)
