@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from kallichore.api.app import create_app
 from kallichore.config import ServerConfig
 from kallichore.server import Server
@@ -99,3 +101,18 @@ def test_optional_request_fields_that_take_null_say_so() -> None:
             assert not prop.get("nullable"), name
         else:
             assert prop.get("nullable") is True, name
+
+
+def test_unbounded_integers_are_declared_64_bit() -> None:
+    """The JSON parser reads integers outside 64 bits as floats, which are refused."""
+    from kallichore.api.converter import parse_body
+    from kallichore.api.models import ServerConfiguration
+    from kallichore.errors import BadRequestError
+
+    hours = SPEC["components"]["schemas"]["serverConfiguration"]["properties"][
+        "idle_shutdown_hours"
+    ]
+    assert (hours["format"], hours["minimum"]) == ("int64", -(2**63))
+    assert parse_body(b'{"idle_shutdown_hours": -9223372036854775808}', ServerConfiguration)
+    with pytest.raises(BadRequestError, match="fits in 64 bits"):
+        parse_body(b'{"idle_shutdown_hours": -9223372036854775809}', ServerConfiguration)
