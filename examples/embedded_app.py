@@ -11,8 +11,11 @@ What it shows:
   (``GET /status``), the way any other client would;
 * the same server's sessions driven in process through
   :meth:`kallichore.embed.Supervisor.of_server`: create an ipykernel
-  session, start it, attach, send an ``execute_request`` for ``print(6*7)``
-  and read the output from the frames a WebSocket client would receive;
+  session, start it, and run ``print(6*7)`` with
+  :meth:`kallichore.embed.Session.execute`, which goes through the session's
+  execution queue like any client's request and returns the client
+  library's ``ExecutionResult``; output is shown as it arrives
+  (``on_output``);
 * shutting everything down by cancelling the task group: the kernel is
   stopped (bounded) before ``serve`` returns, and nothing is left running.
 
@@ -35,8 +38,8 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kallichore
-from kallichore.api.envelope import client_message, execute_content
-from kallichore.embed import SessionChannel, Supervisor
+from kallichore.client import Message
+from kallichore.embed import Supervisor
 
 #: Seconds between status lines.
 STATUS_INTERVAL = 0.5  # seconds
@@ -70,23 +73,10 @@ async def print_status(address: kallichore.ServerAddress) -> None:
         await trio.sleep(STATUS_INTERVAL)
 
 
-async def execute(channel: SessionChannel, code: str) -> str:
-    """Run ``code`` in the kernel; return what it printed to stdout."""
-    request = client_message("execute_request", execute_content(code))
-    msg_id = request["header"]["msg_id"]
-    await channel.send(request)
-    output: list[str] = []
-    async for frame in channel:
-        if frame["kind"] != "jupyter" or (frame["parent_header"] or {}).get("msg_id") != msg_id:
-            continue
-        msg_type, content = frame["header"]["msg_type"], frame["content"]
-        if msg_type == "stream" and content["name"] == "stdout":
-            output.append(content["text"])
-        elif msg_type == "error":
-            raise RuntimeError(f"{content['ename']}: {content['evalue']}")
-        elif msg_type == "status" and content["execution_state"] == "idle":
-            return "".join(output)
-    raise RuntimeError("the channel was taken over by another client")
+def show_output(message: Message) -> None:
+    """Print each output of the kernel as it arrives."""
+    if message.msg_type == "stream":
+        print(f"[kernel] {message.content['text']}", end="", flush=True)
 
 
 async def main() -> int:
@@ -109,16 +99,18 @@ async def main() -> int:
                 f"[app] kernel {info.get('implementation')} started, pid {kernel_pid}",
                 flush=True,
             )
-            async with session.attach() as channel:
-                output = await execute(channel, "print(6*7)")
-            print(f"[app] result: {output.strip()}", flush=True)
+            result = await session.execute("print(6*7)", on_output=show_output)
+            if result.error is not None:
+                print(f"[app] failed: {result.error.ename}: {result.error.evalue}", flush=True)
+            else:
+                print(f"[app] result: {result.stdout.strip()}", flush=True)
 
         # One cancellation stops the status printer and the server; the
         # server stops its kernel (bounded) before serve() returns.
         nursery.cancel_scope.cancel(reason="demonstration finished")
 
     print(f"[app] shut down; kernel {kernel_pid} status: {session.status.value}", flush=True)
-    return 0
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -45,7 +45,18 @@ __all__ = [
     "__version__",
     "open_supervisor",
     "serve",
+    "version_line",
 ]
+
+
+def version_line(prog: str) -> str:
+    """What ``--version`` prints, the same for ``kcserver``, ``kcclient`` and
+    ``python -m kallichore``: ``<prog> <Kallichore API version> (kallichore <ours>)``.
+
+    The first two words are what Kallichore's own ``kcserver --version``
+    prints, so anything that reads them sees the API level we implement.
+    """
+    return f"{prog} {API_VERSION} (kallichore {__version__})"
 
 
 def __getattr__(name: str) -> Any:

@@ -14,8 +14,9 @@ code  when
 2     usage error: unknown flag, malformed number
 ====  ==========================================================
 
-Flags we add: ``--handshake-socket`` (newer Positron) and ``--api-version``
-(report another Kallichore version in ``/status`` for a newer client pin).
+Flags we add: ``--handshake-socket`` (newer Positron), ``--api-version``
+(report another Kallichore version in ``/status`` for a newer client pin) and
+``--log-format`` (``json`` for log shippers).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+import attrs
 import trio
 
-from kallichore import API_VERSION, __version__
+from kallichore import API_VERSION, __version__, version_line
 from kallichore.config import (
     DEFAULT_CLIENT_BUFFER_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -41,18 +43,26 @@ from kallichore.config import (
     MIN_BUFFER_BYTES,
     ConfigError,
     ServerConfig,
+    default_server_path,
     generate_token,
     parse_log_level,
     select_transport,
 )
-from kallichore.logs import configure_logging
+from kallichore.listener import BoundListener, adopt_listener
+from kallichore.logs import LOG_FORMATS, configure_logging
 from kallichore.process_name import set_process_name
+from kallichore.settings import LayeredArgs, parse_layered
+from kallichore.systemd import ActivationError, Notifier, listen_sockets
 
-__all__ = ["build_parser", "main", "module_main"]
+__all__ = ["CLIENT_SECTION", "build_parser", "main", "module_main"]
 
 logger = logging.getLogger(__name__)
 
 PROCESS_NAME = "kcserver"
+#: The client's table in the shared config file (the server's is the top level).
+CLIENT_SECTION = "client"
+#: Kallichore's log-level variable: below ours and the file, lenient as before.
+RUST_LOG_ENV = "RUST_LOG"
 U16_MAX = 65535
 
 
@@ -88,7 +98,7 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "-V",
         "--version",
         action="version",
-        version=f"kcserver {API_VERSION} (kallichore {__version__})",
+        version=version_line("kcserver"),
     )
     parser.add_argument(
         "-p",
@@ -108,6 +118,12 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "-l",
         "--log-level",
         help="trace, debug, info, warn or error (default: $RUST_LOG, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, for log shippers",
     )
     parser.add_argument(
         "--connection-file",
@@ -160,6 +176,18 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         f"oldest output is dropped beyond it (default {DEFAULT_CLIENT_BUFFER_BYTES})",
     )
     parser.add_argument(
+        "--allow-unsigned-kernel-messages",
+        action="store_true",
+        help="accept kernel messages with an empty signature (for kernels that do not "
+        "sign); by default they are dropped and counted in the log",
+    )
+    parser.add_argument(
+        "--kernels-outlive-server",
+        action="store_true",
+        help="leave kernels running if the server dies without stopping them, so a new "
+        "server can adopt them; by default they die with it",
+    )
+    parser.add_argument(
         "--api-version",
         default=API_VERSION,
         help=f"Kallichore version to report in /status (default {API_VERSION})",
@@ -167,8 +195,13 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
     return parser
 
 
-def _read_token(spec: str | None) -> tuple[str | None, bool]:
-    """Resolve ``--token``: ``(token, generated)``; the token file is deleted.
+def _read_token(spec: str | None, *, delete: bool = True) -> tuple[str | None, bool]:
+    """Resolve ``--token``: ``(token, generated)``.
+
+    A token file named on the command line is deleted once read, as
+    Kallichore does (its launcher writes a one-time file). One named by the
+    environment or the config file is standing configuration, so it is kept:
+    deleting it would make the next start fail.
 
     Raises:
         ConfigError: the file cannot be read, is empty, or is too long.
@@ -189,6 +222,8 @@ def _read_token(spec: str | None) -> tuple[str | None, bool]:
         raise ConfigError(
             f"Token in {spec} is {len(token)} characters long (maximum: {MAX_TOKEN_CHARS})"
         )
+    if not delete:
+        return token, False
     try:
         os.unlink(spec)
     except OSError as exc:
@@ -196,14 +231,38 @@ def _read_token(spec: str | None) -> tuple[str | None, bool]:
     return token, False
 
 
-def _config_from_args(args: argparse.Namespace, log_level: str | None) -> tuple[ServerConfig, bool]:
+def _config_from_args(parsed: LayeredArgs, log_level: str | None) -> tuple[ServerConfig, bool]:
+    """The server configuration from the parsed (and layered) arguments.
+
+    Raises:
+        ConfigError: an invalid combination, or an unusable token file; the
+            message says which values came from the environment or file.
+    """
+    try:
+        return _build_config(parsed, log_level)
+    except ConfigError as exc:
+        raise ConfigError(str(exc) + _origin_note(parsed, str(exc))) from None
+
+
+def _origin_note(parsed: LayeredArgs, message: str) -> str:
+    """`` (--port came from environment variable KALLICHORE_PORT)`` for flags named in ``message``."""
+    notes = [
+        f"{setting.flag} came from {setting.source}"
+        for setting in parsed.settings.values()
+        if setting.source.kind in ("environment", "file") and setting.flag in message
+    ]
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _build_config(parsed: LayeredArgs, log_level: str | None) -> tuple[ServerConfig, bool]:
+    args = parsed.namespace
     transport = select_transport(
         transport=args.transport,
         unix_socket=args.unix_socket,
         connection_file=args.connection_file,
         port=args.port,
     )
-    token, generated = _read_token(args.token)
+    token, generated = _read_token(args.token, delete=parsed.source("token").kind == "flag")
     config = ServerConfig(
         transport=transport,
         port=args.port,
@@ -217,9 +276,11 @@ def _config_from_args(args: argparse.Namespace, log_level: str | None) -> tuple[
         idle_shutdown_hours=args.idle_shutdown_hours,
         resource_sample_interval_ms=args.resource_sample_interval,
         api_version=args.api_version,
-        server_path=os.path.abspath(sys.argv[0]),
+        server_path=default_server_path(),
         max_message_bytes=args.max_message_size,
         client_buffer_bytes=args.client_buffer_size,
+        allow_unsigned_kernel_messages=args.allow_unsigned_kernel_messages,
+        kernels_outlive_server=args.kernels_outlive_server,
     )
     return config, generated
 
@@ -231,26 +292,46 @@ def _fail(message: str) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoReturn:
     """Run the server from the command line; never returns."""
-    args = build_parser(prog).parse_args(argv)
-    level, reported_level, level_warning = parse_log_level(
-        args.log_level, os.environ.get("RUST_LOG")
+    parser = build_parser(prog)
+    parsed = parse_layered(
+        parser, argv, reserved=(CLIENT_SECTION,), legacy={"log_level": RUST_LOG_ENV}
     )
+    args = parsed.namespace
+    level, reported_level, level_warning = parse_log_level(
+        args.log_level, os.environ.get(RUST_LOG_ENV)
+    )
+    log_level_source = parsed.source("log_level")
+    if level_warning and log_level_source.where not in (None, "--log-level", RUST_LOG_ENV):
+        # Kallichore's leniency is for its own flag and RUST_LOG; a standing
+        # setting of ours that is wrong should be fixed, not silently replaced.
+        parser.exit(
+            2,
+            f"{parser.prog}: error: {log_level_source}: bad value for --log-level: "
+            f"{args.log_level!r} (choose from trace, debug, info, warn, error)\n",
+        )
     if level_warning:
         print(level_warning)
     try:
-        config, generated = _config_from_args(args, reported_level)
+        config, generated = _config_from_args(parsed, reported_level)
     except ConfigError as exc:
         _fail(str(exc))
     secrets = [config.token] if config.token else []
     try:
-        configure_logging(level, log_file=config.log_file, secrets=secrets)
+        configure_logging(
+            level, log_file=config.log_file, secrets=secrets, log_format=args.log_format
+        )
     except OSError as exc:
         _fail(f"Failed to create log file {config.log_file}: {exc.strerror or exc}")
     set_process_name(PROCESS_NAME)
     if config.token is None:
         logger.warning("Authentication is disabled (--token none): any local client is trusted")
+    notifier = Notifier.from_environ()
     try:
-        trio.run(_run_until_shutdown, config, generated)
+        config, listener = _activated_listener(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        trio.run(_run_until_shutdown, config, generated, listener, notifier)
     except* ConfigError as group:
         # Raised before the server started listening (bind, connection file,
         # handshake); nurseries wrap it in a group, the user sees one line.
@@ -262,6 +343,38 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcserver") -> NoRetu
     sys.exit(0)
 
 
+def _activated_listener(config: ServerConfig) -> tuple[ServerConfig, BoundListener | None]:
+    """The socket systemd passed us, if any, and the configuration to match it.
+
+    The passed socket decides the transport; ``--port``, ``--unix-socket``
+    and ``--transport`` are then not used for binding. A passed Unix
+    socket's directory also holds the per-session sockets (unless
+    ``--socket-dir`` says otherwise).
+
+    Raises:
+        ConfigError: unusable descriptors, or more than one.
+    """
+    try:
+        activated = listen_sockets()
+    except ActivationError as exc:
+        raise ConfigError(f"Socket activation failed: {exc}") from None
+    if not activated:
+        return config, None
+    if len(activated) > 1:
+        for extra in activated:
+            extra.sock.close()
+        names = ", ".join(a.name for a in activated)
+        raise ConfigError(
+            f"systemd passed {len(activated)} sockets ({names}); kcserver serves exactly one"
+        )
+    listener = adopt_listener(activated[0].sock)
+    unix_socket = listener.socket_path if listener.socket_path else None
+    if unix_socket is not None and unix_socket.startswith("\0"):
+        unix_socket = None  # abstract: no directory to share
+    logger.info("Serving on the socket passed by systemd (%s)", activated[0].name)
+    return attrs.evolve(config, transport=listener.transport, unix_socket=unix_socket), listener
+
+
 def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -269,7 +382,12 @@ def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
     return exc
 
 
-async def _run_until_shutdown(config: ServerConfig, token_generated: bool) -> None:
+async def _run_until_shutdown(
+    config: ServerConfig,
+    token_generated: bool,
+    listener: BoundListener | None,
+    notifier: Notifier,
+) -> None:
     from kallichore.server import Server, ServerAddress, serve
 
     server = Server(config)
@@ -287,12 +405,20 @@ async def _run_until_shutdown(config: ServerConfig, token_generated: bool) -> No
             async def serve_then_stop(
                 task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
             ) -> None:
-                await serve(config, server=server, task_status=task_status)
+                await serve(config, server=server, listener=listener, task_status=task_status)
                 nursery.cancel_scope.cancel()
+
+            async def notify_stopping() -> None:
+                await server.shutdown_requested.wait()
+                notifier.notify("STOPPING=1", "STATUS=Shutting down")
 
             nursery.start_soon(forward_signals)
             address = await nursery.start(serve_then_stop)
             _print_banner(address, config, token_generated)
+            if notifier.enabled:
+                nursery.start_soon(notify_stopping)
+                where = address.socket_path or address.base_url
+                notifier.notify("READY=1", f"STATUS=Listening on {where}")
             # Everything built so far lives as long as the process: keep it
             # out of the cyclic GC's full collections, which otherwise scan
             # it again and again under a flood of output (30-40 ms pauses were
@@ -305,7 +431,8 @@ def _print_banner(address: object, config: ServerConfig, token_generated: bool) 
 
     assert isinstance(address, ServerAddress)
     if address.transport == "tcp":
-        print(f"Listening at 127.0.0.1:{address.port}")
+        assert address.base_url is not None
+        print(f"Listening at {address.base_url.removeprefix('http://')}")
     else:
         print(f"Listening on Unix socket: {address.socket_path}")
     print(
@@ -328,11 +455,15 @@ def module_main(argv: Sequence[str] | None = None) -> NoReturn:
     if args and args[0] == "serve":
         main(args[1:], prog="python -m kallichore serve")
     if args and args[0] in ("-V", "--version"):
-        print(f"kallichore {__version__} (Kallichore API {API_VERSION})")
+        print(version_line("python -m kallichore"))
         sys.exit(0)
-    print("usage: python -m kallichore serve [kcserver flags]", file=sys.stderr)
-    print("       python -m kallichore client <command> [options]", file=sys.stderr)
-    print("       python -m kallichore serve --help | client --help", file=sys.stderr)
+    # Asked-for help goes to stdout (so it can be paged); a usage error to stderr.
+    asked = bool(args) and args[0] in ("-h", "--help")
+    out = sys.stdout if asked else sys.stderr
+    print("usage: python -m kallichore serve [kcserver flags]", file=out)
+    print("       python -m kallichore client <command> [options]", file=out)
+    print("       python -m kallichore serve --help | client --help", file=out)
+    print("       python -m kallichore --version", file=out)
     with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+        out.flush()
+    sys.exit(0 if asked else 2)

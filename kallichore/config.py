@@ -38,6 +38,7 @@ __all__ = [
     "ConfigError",
     "ServerConfig",
     "Transport",
+    "default_server_path",
     "default_socket_path",
     "generate_token",
     "idle_shutdown_period",
@@ -184,6 +185,33 @@ def select_transport(
     return chosen
 
 
+def default_server_path(argv0: str | None = None, executable: str | None = None) -> str:
+    """The executable path to report as ``server_path`` in the connection file.
+
+    Clients treat it as the program that serves (Kallichore writes its own
+    binary's path). Run as ``kcserver``, that is ``argv[0]``. Run as
+    ``python -m kallichore serve``, ``argv[0]`` is ``kallichore/__main__.py``,
+    which is not executable: we report the ``kcserver`` console script
+    installed beside the interpreter if there is one (the same installation,
+    so the same version), else the interpreter itself (executable, and the
+    program that actually runs the server).
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    if argv0 and not argv0.endswith(".py") and _is_executable(argv0):
+        return os.path.abspath(argv0)
+    if executable:
+        script = os.path.join(os.path.dirname(executable), "kcserver")
+        if _is_executable(script):
+            return script
+        return executable
+    return os.path.abspath(argv0)
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def default_socket_path(
     socket_dir: str | None, *, pid: int, environ: dict[str, str] | None = None
 ) -> str:
@@ -232,6 +260,12 @@ class ServerConfig:
         client_buffer_bytes: bound on the frames buffered per session while
             its client is away or slow; the oldest output is dropped beyond
             it (and the client told how many).
+        allow_unsigned_kernel_messages: accept messages with an empty
+            signature from kernels although the session has a key (for
+            kernels that do not sign); by default they are dropped.
+        kernels_outlive_server: leave kernels running when the server dies
+            without stopping them (SIGKILL, crash), so that a new server can
+            adopt them; by default they die with it.
     """
 
     transport: Transport = Transport.TCP
@@ -246,6 +280,8 @@ class ServerConfig:
     idle_shutdown_hours: int | None = None
     resource_sample_interval_ms: int = 1000
     api_version: str = API_VERSION
-    server_path: str = attrs.field(factory=lambda: os.path.abspath(sys.argv[0]))
+    server_path: str = attrs.field(factory=default_server_path)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     client_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES
+    allow_unsigned_kernel_messages: bool = False
+    kernels_outlive_server: bool = False

@@ -9,6 +9,7 @@ nothing but the process):
           session = sup.create_session(argv=[sys.executable, "-m", "ipykernel_launcher",
                                              "-f", "{connection_file}"])
           await session.start()
+          result = await session.execute("print(6*7)")   # result.stdout == "42\n"
           async with session.attach() as channel:
               await channel.send(execute_request)       # a Jupyter message dict
               async for frame in channel:               # the WebSocket's envelope, decoded
@@ -31,9 +32,12 @@ a public surface composed of the registry (``supervisor/``), the envelope
 parser (``api/envelope.py``, pure) and the server (``server.py``), and
 ``kallichore.embed`` is what users type. It never imports the HTTP stack.
 
-Message helpers (execute and wait for the result, etc.) are deliberately not
-here: they belong to the client library (:mod:`kallichore.client`), which
-speaks the same envelope over the network.
+:meth:`Session.execute` runs code the way a client's ``execute`` does
+(through the execution queue) and returns the client library's
+:class:`~kallichore.api.execution.ExecutionResult`, built by the same code
+(:mod:`kallichore.supervisor.execution`). Other message helpers (comms,
+input requests, completions) belong to the client library
+(:mod:`kallichore.client`), which speaks the same envelope over the network.
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ import orjson
 import trio
 
 from kallichore.api.envelope import parse_client_frame
+from kallichore.api.execution import ExecutionResult
 from kallichore.session.state import SessionStatus
+from kallichore.supervisor import execution
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 from kallichore.supervisor.session import ClientAttachment, KernelSession, SessionSpec
 
@@ -61,6 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EnvAction",
+    "ExecutionResult",
     "Session",
     "SessionChannel",
     "Supervisor",
@@ -303,6 +311,57 @@ class Session:
         """
         await self._session.interrupt()
 
+    async def execute(
+        self,
+        code: str,
+        *,
+        on_output: execution.OutputHandler | None = None,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        stop_on_error: bool = True,
+    ) -> ExecutionResult:
+        """Run ``code``; return once the kernel replied and went idle.
+
+        Goes through the session's execution queue like a client's
+        ``execute_request``, so it waits its turn behind other clients'
+        executions. It does not attach: a WebSocket client stays attached
+        and sees the execution's output (iopub), not its reply. Returns the
+        client library's :class:`~kallichore.client.ExecutionResult`
+        (``status``, ``ok``, ``stdout``, ``stderr``, ``outputs``, ``error``,
+        ``execution_count``, ``reply``). ``input()`` is not available
+        (``allow_stdin`` is false).
+
+        Args:
+            on_output: called with each output
+                :class:`~kallichore.client.Message` (``stream``,
+                ``display_data``, ``execute_result``, ``error``...) in order;
+                a plain or coroutine function.
+
+        Errors:
+            kallichore.errors.SessionStateError: no kernel is running.
+            kallichore.errors.ExecutionDroppedError: the queue dropped the
+                execution (interrupt, kill, shutdown) or the kernel exited or
+                restarted first.
+            Exception: whatever ``on_output`` raised, once the execution is over.
+
+        Cancellation:
+            Bound it with ``trio.fail_after``. On cancellation an execution
+            still queued is withdrawn (it never runs); a running one is
+            interrupted (other queued executions are kept), and the call
+            waits, shielded and for at most a few seconds, for the kernel to
+            be idle again before the cancellation propagates.
+        """
+        return await execution.execute(
+            self._session,
+            code,
+            on_output=on_output,
+            silent=silent,
+            store_history=store_history,
+            user_expressions=user_expressions,
+            stop_on_error=stop_on_error,
+        )
+
     async def kill(self) -> None:
         """Kill the kernel's whole process group; returns once it is gone.
 
@@ -484,8 +543,16 @@ class Supervisor:
 
 
 @contextlib.asynccontextmanager
-async def open_supervisor() -> AsyncIterator[Supervisor]:
+async def open_supervisor(
+    *, allow_unsigned_kernel_messages: bool = False, kernels_outlive_server: bool = False
+) -> AsyncIterator[Supervisor]:
     """Run a supervisor (sessions, kernels; no HTTP) for the duration of the block.
+
+    The two options are :class:`~kallichore.config.ServerConfig`'s fields of
+    the same names (``--allow-unsigned-kernel-messages`` and
+    ``--kernels-outlive-server``): by default a kernel message with an empty
+    signature is dropped, and kernels die with this process even when it is
+    killed without leaving the block.
 
     Leaving the block stops every kernel, concurrently, each through its own
     bounded ladder (``shutdown_request``, then SIGTERM, then SIGKILL of the
@@ -501,7 +568,12 @@ async def open_supervisor() -> AsyncIterator[Supervisor]:
         shielded, each bounded (a few seconds at most), so the ``async with``
         exits promptly and cleanly.
     """
-    registry = SessionRegistry()
+    registry = SessionRegistry(
+        kernel_policy=KernelPolicy(
+            allow_unsigned_messages=allow_unsigned_kernel_messages,
+            outlive_server=kernels_outlive_server,
+        )
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
         try:

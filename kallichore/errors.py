@@ -20,8 +20,10 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AuthenticationError",
     "BadRequestError",
     "ErrorCode",
+    "ExecutionDroppedError",
     "KallichoreError",
     "LocalProtocolError",
     "RemoteProtocolError",
@@ -57,8 +59,15 @@ class ErrorCode(enum.Enum):
     # Codes Kallichore uses outside the KS-n enum.
     BAD_REQUEST = "400"
     INTERNAL = "500"
+    # A missing or wrong bearer token, which Kallichore answers without a
+    # body; the status as the code, as Kallichore does for 400 and 500.
+    # Other HTTP-level refusals (404 for an unknown path, 405, 413) use
+    # their status the same way (kallichore.api.errors).
+    UNAUTHORIZED = "401"
     SOCKET_PATH_TOO_LONG = "socket_path_too_long"
     DOMAIN_SOCKET_ERROR = "domain_socket_error"
+    # In process only (kallichore.embed); never in an HTTP response.
+    EXECUTION_DROPPED = "execution_dropped"
 
 
 class KallichoreError(Exception):
@@ -111,8 +120,17 @@ class BadRequestError(KallichoreError):
         super().__init__(code, message, details)
 
 
+class AuthenticationError(KallichoreError):
+    """The bearer token is missing or wrong (HTTP 401); never names the token."""
+
+    http_status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAUTHORIZED, message)
+
+
 class SessionNotFoundError(KallichoreError):
-    """No session has the given id (HTTP 404, empty body, as Kallichore)."""
+    """No session has the given id (HTTP 404, ``KS-1``; Kallichore sends no body)."""
 
     http_status = 404
 
@@ -125,6 +143,17 @@ class SessionStateError(KallichoreError):
     """The session is in the wrong state for the request (HTTP 400)."""
 
     http_status = 400
+
+
+class ExecutionDroppedError(SessionStateError):
+    """An execution sent in process ended without its reply (:meth:`kallichore.embed.Session.execute`).
+
+    The execution queue dropped it (interrupt, kill, shutdown) or the kernel
+    exited (or restarted) before it finished.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.EXECUTION_DROPPED, message)
 
 
 class StartupError(KallichoreError):

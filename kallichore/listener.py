@@ -26,7 +26,13 @@ import attrs
 from kallichore.config import UNIX_SOCKET_PATH_LIMIT, ConfigError, ServerConfig, Transport
 from kallichore.config import default_socket_path as _default_socket_path
 
-__all__ = ["LISTEN_BACKLOG", "BoundListener", "bind_listener", "check_socket_path"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "BoundListener",
+    "adopt_listener",
+    "bind_listener",
+    "check_socket_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +54,33 @@ class BoundListener:
         sock: the bound, listening socket (owned; closed by :meth:`close`).
         transport: TCP or Unix socket.
         port: the TCP port (TCP only).
-        socket_path: the socket file (Unix only); removed by :meth:`close`.
+        socket_path: the socket file (Unix only); removed by :meth:`close`
+            if ``owns_path``.
+        host: the address clients connect to (TCP only).
+        owns_path: whether we created ``socket_path`` (not so for a socket
+            the service manager bound and will reuse).
     """
 
     sock: socket.socket
     transport: Transport
     port: int | None = None
     socket_path: str | None = None
+    host: str = TCP_HOST
+    owns_path: bool = True
     _closed: bool = attrs.field(default=False, init=False)
+
+    @property
+    def base_url(self) -> str | None:
+        """``http://HOST:PORT`` (TCP only)."""
+        if self.port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def describe(self) -> str:
         """The line printed on stdout once bound (Kallichore's wording)."""
         if self.transport is Transport.TCP:
-            return f"Listening at {TCP_HOST}:{self.port}"
+            return f"Listening at {self.host}:{self.port}"
         return f"Listening on Unix socket: {self.socket_path}"
 
     def close(self) -> None:
@@ -70,7 +90,7 @@ class BoundListener:
         self._closed = True
         with contextlib.suppress(OSError):
             self.sock.close()
-        if self.socket_path is not None:
+        if self.socket_path is not None and self.owns_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
 
@@ -98,6 +118,42 @@ def bind_listener(config: ServerConfig) -> BoundListener:
         path = config.unix_socket or _default_socket_path(config.socket_dir, pid=os.getpid())
         return bind_unix(path)
     raise ConfigError(f"Transport {config.transport.value} is not supported on this platform")
+
+
+#: Addresses of a passed TCP socket that clients reach as 127.0.0.1.
+_LOOPBACK_REACHABLE = frozenset({"0.0.0.0", "127.0.0.1", "::", "::ffff:127.0.0.1"})
+
+
+def adopt_listener(sock: socket.socket) -> BoundListener:
+    """A listener from a socket someone else bound and set listening.
+
+    For systemd socket activation: the family decides the transport. A Unix
+    socket's file belongs to the socket unit, so :meth:`BoundListener.close`
+    leaves it in place. A TCP socket bound to a wildcard address is
+    announced as 127.0.0.1; one on a non-loopback address is announced as
+    is, with a warning (the bearer token is then all that protects it).
+
+    Raises:
+        ConfigError: neither a TCP nor a Unix socket.
+    """
+    if sock.family == socket.AF_UNIX:
+        name = sock.getsockname()
+        path = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        return BoundListener(
+            sock=sock, transport=Transport.SOCKET, socket_path=path, owns_path=False
+        )
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        address, port = sock.getsockname()[:2]
+        host = TCP_HOST if address in _LOOPBACK_REACHABLE else address
+        if host != TCP_HOST and address != "::1":
+            logger.warning(
+                "The passed socket listens on %s, not on loopback: anyone who can reach it "
+                "needs only the bearer token",
+                address,
+            )
+        _detect_dead_peers(sock)
+        return BoundListener(sock=sock, transport=Transport.TCP, port=port, host=host)
+    raise ConfigError(f"Cannot serve on a passed socket of family {sock.family!r}")
 
 
 def _detect_dead_peers(sock: socket.socket) -> None:

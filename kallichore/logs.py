@@ -4,6 +4,18 @@ Kallichore's scheme: ERROR records go to stderr, everything else to stdout;
 ``--log-file`` receives the same records (truncated at start). Levels are
 Kallichore's five names; ``trace`` is below ``debug``.
 
+Two formats (``--log-format``):
+
+* ``text``: ``2026-12-08T09:14:03.512Z [INFO] kallichore.access: GET /sessions 200 0.8 ms``,
+  the time in UTC, ISO 8601, to the millisecond;
+* ``json``: one object per line for log shippers, with ``time``, ``level``,
+  ``logger``, ``message``, ``exception`` when there is one, and the
+  structured fields a record carries (:data:`JSON_FIELDS`: the session id of
+  session lines, the method, path, status and duration of access lines).
+
+Lines about a session go through :class:`SessionLog`, which starts them with
+``Session <id>:`` and sets the record's ``session_id``.
+
 Secrets (the bearer token, HMAC keys) are never passed to a logger: code that
 handles them logs a description instead. :class:`RedactingFilter` is the
 second line of defence: it replaces any registered secret that still reaches
@@ -14,8 +26,23 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any
 
-__all__ = ["TRACE", "RedactingFilter", "configure_logging", "python_level"]
+import orjson
+
+__all__ = [
+    "JSON_FIELDS",
+    "LOG_FORMATS",
+    "TRACE",
+    "JsonFormatter",
+    "RedactingFilter",
+    "SessionLog",
+    "TextFormatter",
+    "configure_logging",
+    "python_level",
+]
 
 #: Numeric level for ``trace`` (below :data:`logging.DEBUG`).
 TRACE = 5
@@ -29,7 +56,10 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 _FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
-_DATE_FORMAT = "%H:%M:%S"
+#: Names accepted by ``--log-format``.
+LOG_FORMATS = ("text", "json")
+#: Record attributes copied into JSON lines when a record has them.
+JSON_FIELDS = ("session_id", "method", "path", "status", "duration_ms", "websocket")
 
 
 def python_level(name: str) -> int:
@@ -56,15 +86,83 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def _iso_time(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """Kallichore-like lines with a dated UTC timestamp (ISO 8601, milliseconds)."""
+
+    def __init__(self) -> None:
+        super().__init__(_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso_time(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso_time(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = record.__dict__
+        for name in JSON_FIELDS:
+            value = fields.get(name)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class SessionLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger for one session's lines: ``Session <id>: ...``, ``session_id`` set.
+
+    The id goes into the message, not the object's repr, so every line about
+    a session can be found by its id, in text and in JSON.
+    """
+
+    def __init__(self, logger: logging.Logger, session_id: str) -> None:
+        super().__init__(logger, {"session_id": session_id})
+        self.session_id = session_id
+        # Escaped: the prefix becomes part of a %-format string.
+        self._prefix = f"Session {session_id.replace('%', '%%')}: "
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = kwargs.get("extra")
+        kwargs["extra"] = {**extra, "session_id": self.session_id} if extra else self.extra
+        return f"{self._prefix}{msg}", kwargs
+
+
 class _BelowError(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR
 
 
 def configure_logging(
-    level: str, *, log_file: str | None = None, secrets: list[str] | None = None
+    level: str,
+    *,
+    log_file: str | None = None,
+    secrets: list[str] | None = None,
+    log_format: str = "text",
 ) -> None:
     """Install the server's handlers on the root logger.
+
+    Args:
+        level: one of Kallichore's level names.
+        log_file: also write every record to this file (truncated).
+        secrets: strings replaced by ``[redacted]`` wherever they appear.
+        log_format: ``"text"`` or ``"json"`` (:data:`LOG_FORMATS`).
 
     Raises:
         OSError: the log file cannot be created.
@@ -72,7 +170,7 @@ def configure_logging(
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    formatter = logging.Formatter(_FORMAT, _DATE_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     redact = RedactingFilter(secrets or [])
 
     handlers: list[logging.Handler] = []

@@ -21,7 +21,10 @@ fixture                           gives
 ================================  ==========================================================
 
 The async fixtures need `pytest-trio <https://pytest-trio.readthedocs.io>`_:
-use them from trio tests (``trio_mode = true``, or ``@pytest.mark.trio``).
+use them from trio tests (``trio_mode = true``, or ``@pytest.mark.trio``). A
+test that uses one any other way fails at setup with a message saying so
+(:func:`pytest_runtest_setup`), not with pytest's own error about an
+unhandled async fixture.
 Teardown of ``kallichore_server`` and ``kallichore_supervisor`` stops every
 kernel and then *checks* that no kernel process (nor anything in its process
 group) survived; a survivor is killed and the test errors.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import os
 import shutil
 import sys
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from kallichore.server import ServerAddress
 
 __all__ = [
+    "ASYNC_FIXTURES",
     "KERNEL_EXIT_GRACE",
     "LeftoverKernelError",
     "fake_kernel_argv",
@@ -78,6 +83,69 @@ _SHORT_DIR_LIMIT = 60  # characters
 
 class LeftoverKernelError(AssertionError):
     """A kernel process outlived the server or supervisor that started it."""
+
+
+# --------------------------------------------------------------- trio check
+
+#: The fixtures below that are ``async``: only pytest-trio can run them.
+ASYNC_FIXTURES = (
+    "kallichore_server",
+    "kallichore_supervisor",
+    "kallichore_client",
+    "python_kernel_session",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that uses our async fixtures outside trio, saying how to fix it.
+
+    Runs before any fixture is set up. A test is a trio test when pytest-trio
+    marked it (``trio_mode = true`` marks every ``async def`` test) or the
+    test carries ``@pytest.mark.trio``. Otherwise pytest would fail with an
+    error about an unhandled async fixture, or pytest-trio with "Trio
+    fixtures can only be used by Trio tests", neither of which says what to
+    change.
+    """
+    if item.get_closest_marker("trio") is not None:
+        return
+    used = _async_fixtures_used(item)
+    if not used:
+        return
+    names = ", ".join(used)
+    fix = (
+        "set `trio_mode = true` in your pytest configuration ([tool.pytest.ini_options] "
+        "in pyproject.toml, or [pytest] in pytest.ini) or mark the test with "
+        "`@pytest.mark.trio`"
+    )
+    if not inspect.iscoroutinefunction(getattr(item, "obj", None)):
+        fix = f"make it an `async def` test, then {fix}"
+    if not item.config.pluginmanager.hasplugin("trio"):
+        fix = f"install pytest-trio (pip install pytest-trio), then {fix}"
+    pytest.fail(
+        f"{item.name} uses kallichore's async fixture(s) {names}, which only a trio test "
+        f"can use (they need pytest-trio): {fix}.",
+        pytrace=False,
+    )
+
+
+def _async_fixtures_used(item: pytest.Item) -> list[str]:
+    """Which of :data:`ASYNC_FIXTURES` the test uses, directly or through other fixtures.
+
+    A name the project redefined as a synchronous fixture does not count.
+    """
+    names = [n for n in ASYNC_FIXTURES if n in getattr(item, "fixturenames", ())]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # pytest internals changed: trust the names
+        return names
+    return [
+        name
+        for name in names
+        if any(
+            inspect.iscoroutinefunction(d.func) or inspect.isasyncgenfunction(d.func)
+            for d in info.name2fixturedefs.get(name, ())[-1:]
+        )
+    ]
 
 
 # ------------------------------------------------------------------- config

@@ -36,13 +36,20 @@ from functools import partial
 import attrs
 import trio
 
-from kallichore.announce import connection_details, send_handshake, write_connection_file
+from kallichore.announce import (
+    WrittenFile,
+    connection_details,
+    remove_connection_file,
+    send_handshake,
+    write_connection_file,
+)
 from kallichore.api.channel_socket import ChannelSockets, channel_socket_dir
 from kallichore.config import ServerConfig, Transport, idle_shutdown_period
 from kallichore.idle import IdleWatcher
 from kallichore.listener import BoundListener, bind_listener
 from kallichore.memory import MemoryTrimmer
 from kallichore.resources import ResourceSampler
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 
 __all__ = ["Server", "ServerAddress", "serve"]
@@ -110,6 +117,10 @@ class Server:
             channel_socket_dir(self.config), max_message_bytes=self.config.max_message_bytes
         )
         self.registry.client_buffer_bytes = self.config.client_buffer_bytes
+        self.registry.kernel_policy = KernelPolicy(
+            allow_unsigned_messages=self.config.allow_unsigned_kernel_messages,
+            outlive_server=self.config.kernels_outlive_server,
+        )
         self.idle_shutdown_hours = self.config.idle_shutdown_hours
         self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(
@@ -137,6 +148,7 @@ async def serve(
     config: ServerConfig,
     *,
     server: Server | None = None,
+    listener: BoundListener | None = None,
     task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a kallichore server until it is asked to shut down.
@@ -150,6 +162,9 @@ async def serve(
         server: the shared state to use; a fresh one by default. Passing one
             lets an embedding application request shutdown or inspect
             sessions.
+        listener: an already listening socket to serve on (systemd socket
+            activation); by default one is bound as ``config`` says. Either
+            way it is closed when ``serve`` returns.
 
     **Errors:** :class:`~kallichore.config.ConfigError` before ``started()``
     for anything the user can fix (port in use, socket path too long,
@@ -162,9 +177,12 @@ async def serve(
     # users of kallichore.server (tests of the idle logic) don't need it.
     from kallichore.api.app import create_app
     from kallichore.api.http import serve_http
+    from kallichore.api.server_refusals import install_refusal_bodies
     from kallichore.api.tcp_channels import TcpChannelUpgrades
 
-    listener = bind_listener(config)
+    install_refusal_bodies()
+    listener = listener if listener is not None else bind_listener(config)
+    written: list[WrittenFile] = []
     try:
         server = server if server is not None else Server(config)
         async with trio.open_nursery() as root:
@@ -189,7 +207,7 @@ async def serve(
                         priority=server.registry.priority,
                     )
                 )
-                _announce(config, listener, server)
+                _announce(config, listener, server, written)
                 task_status.started(_address(config, listener, server))
                 logger.info("Server %s ready", server.server_id)
                 await server.shutdown_requested.wait()
@@ -198,18 +216,24 @@ async def serve(
             root.cancel_scope.cancel()
         logger.info("Server stopped")
     finally:
+        # First, so no client reads an address that is about to go away.
+        for file in written:
+            remove_connection_file(file)
         if server is not None:
             server.channels.close_all()
             server.registry.priority.close()
         listener.close()
 
 
-def _announce(config: ServerConfig, listener: BoundListener, server: Server) -> None:
+def _announce(
+    config: ServerConfig, listener: BoundListener, server: Server, written: list[WrittenFile]
+) -> None:
+    """Write the connection file (recorded in ``written``) and send the handshake."""
     if config.connection_file is None and config.handshake_socket is None:
         return
     details = connection_details(config, listener, server_id=server.server_id)
     if config.connection_file is not None:
-        write_connection_file(config.connection_file, details)
+        written.append(write_connection_file(config.connection_file, details))
         logger.info("Wrote connection details to %s", config.connection_file)
     if config.handshake_socket is not None:
         send_handshake(config.handshake_socket, details)
@@ -221,7 +245,7 @@ def _address(config: ServerConfig, listener: BoundListener, server: Server) -> S
         transport=listener.transport.value,
         port=listener.port,
         socket_path=listener.socket_path,
-        base_url=f"http://127.0.0.1:{listener.port}" if listener.port is not None else None,
+        base_url=listener.base_url,
         token=config.token,
         server_id=server.server_id,
     )

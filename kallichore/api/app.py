@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
-from kallichore.api.auth import UNAUTHENTICATED, authorized
-from kallichore.api.errors import register_error_handlers
-from kallichore.api.responses import empty_response
+from kallichore.api.access_log import AccessLogMiddleware, note_auth_failure
+from kallichore.api.auth import UNAUTHENTICATED, auth_failure
+from kallichore.api.errors import register_error_handlers, response_for_error
 from kallichore.api.routes import register_routes
+from kallichore.errors import AuthenticationError
 
 if TYPE_CHECKING:
     from kallichore.server import Server
@@ -23,7 +24,8 @@ def create_app(server: Server) -> QuartTrio:
 
     Routing is on the path only; query strings are ignored. Authentication
     runs before any handler (so 401 wins over 404 for an unknown session),
-    but after routing, so an unknown path is a plain 404.
+    but after routing, so an unknown path is a plain 404. Every request and
+    WebSocket gets a line in the access log (:mod:`kallichore.api.access_log`).
     """
     app = QuartTrio("kallichore")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -36,19 +38,24 @@ def create_app(server: Server) -> QuartTrio:
             return None
         if (request.method, request.url_rule.rule) in UNAUTHENTICATED:
             return None
-        if authorized(request.headers.get("Authorization"), token):
+        failure = auth_failure(request.headers.get("Authorization"), token)
+        if failure is None:
             return None
-        return empty_response(401)
+        note_auth_failure(request.scope, failure)
+        return response_for_error(AuthenticationError(failure))
 
     @app.before_websocket
     async def require_websocket_token() -> Response | None:
         # A Response returned before accept() is sent instead of the upgrade.
         if websocket.routing_exception is not None or websocket.url_rule is None:
             return None
-        if authorized(websocket.headers.get("Authorization"), token):
+        failure = auth_failure(websocket.headers.get("Authorization"), token)
+        if failure is None:
             return None
-        return empty_response(401)
+        note_auth_failure(websocket.scope, failure)
+        return response_for_error(AuthenticationError(failure))
 
     register_error_handlers(app)
     register_routes(app, server)
+    app.asgi_app = AccessLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app

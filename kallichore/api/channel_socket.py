@@ -38,11 +38,13 @@ import hashlib
 import logging
 import os
 import re
+import time
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from kallichore.api.access_log import log_access
 from kallichore.api.stream_websocket import (
     MAX_MESSAGE_BYTES,
     RECEIVE_SIZE,
@@ -214,7 +216,7 @@ class ChannelSockets:
         listener = _SessionListener(session, bound, path)
         self._listeners[session_id] = listener
         self._nursery.start_soon(self._accept_loop, listener)
-        logger.info("%r: channel socket at %s", session, path)
+        session.log.info("channel socket at %s", path)
         return path
 
     def close(self, session_id: str) -> None:
@@ -262,6 +264,7 @@ class ChannelSockets:
 
     async def _serve_connection(self, listener: _SessionListener, stream: trio.abc.Stream) -> None:
         session = listener.session
+        start = time.perf_counter()
         try:
             try:
                 initial = await accept_websocket(stream)
@@ -274,11 +277,19 @@ class ChannelSockets:
             conn = StreamChannelConnection(
                 stream, initial=initial, max_message_bytes=self.max_message_bytes
             )
-            logger.info("%r: client connected on %s", session, listener.path)
+            session.log.info("client connected on %s", listener.path)
             try:
                 await serve_channel(session, conn, socket_path=listener.path)
             finally:
                 await conn.aclose()
+                log_access(
+                    "GET",
+                    listener.path,
+                    101,
+                    time.perf_counter() - start,
+                    websocket=True,
+                    session_id=session.session_id,
+                )
         except Exception:
             # A connection's failure must never reach the server's nursery.
-            logger.exception("%r: channel connection failed", session)
+            session.log.exception("channel connection failed")

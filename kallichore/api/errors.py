@@ -1,9 +1,16 @@
 """Exceptions to responses: the only place error bodies are made.
 
-* :class:`~kallichore.errors.SessionNotFoundError` -> 404, empty body.
+Every error response carries the spec's ``error`` body (``code``,
+``message``, optional ``details``), where Kallichore sends 401 and 404 with
+no body at all; the statuses are Kallichore's.
+
 * :class:`~kallichore.errors.StartupError` -> its status, ``startupError`` body.
-* any other :class:`~kallichore.errors.KallichoreError` -> its status, ``error`` body.
-* routing failures (unknown path, wrong method) -> 404 / 405, empty body.
+* any other :class:`~kallichore.errors.KallichoreError` -> its status, ``error``
+  body (404 ``KS-1`` for an unknown session, 401 ``401`` for a bad token).
+* routing failures -> 404 ``404`` (unknown path), 405 ``405`` with an
+  ``Allow`` header (wrong method); any other HTTP-level refusal (a body
+  over the size limit, a WebSocket upgrade of a plain route: 400) -> its
+  status, the status as the code.
 * anything else is a bug: logged with its traceback, answered with a 500
   ``error`` body that reveals nothing internal.
 """
@@ -12,24 +19,52 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response
-from werkzeug.exceptions import HTTPException
+from quart import Quart, Response, has_request_context, request, websocket
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import WebsocketMismatch
 
-from kallichore.api.responses import empty_response, json_response
-from kallichore.errors import KallichoreError, SessionNotFoundError, StartupError
+from kallichore.api.responses import json_response, status_phrase
+from kallichore.errors import KallichoreError, StartupError
 
-__all__ = ["register_error_handlers", "response_for_error"]
+__all__ = ["register_error_handlers", "response_for_error", "response_for_http_exception"]
 
 logger = logging.getLogger(__name__)
 
 
 def response_for_error(exc: KallichoreError) -> Response:
     """The response a client gets for ``exc``."""
-    if isinstance(exc, SessionNotFoundError):
-        return empty_response(404)
     if isinstance(exc, StartupError):
         return json_response(exc.to_startup_body(), exc.http_status)
     return json_response(exc.to_body(), exc.http_status)
+
+
+def response_for_http_exception(
+    exc: HTTPException, method: str, path: str, *, websocket: bool = False
+) -> Response:
+    """The ``error`` response for a refusal raised by routing or by Quart itself.
+
+    The code is the status as a string (``"404"``, ``"405"``, ``"413"``).
+    ``websocket`` says whether the request was a WebSocket upgrade.
+    """
+    status = exc.code or 500
+    body = {"code": str(status), "message": status_phrase(status)}
+    allowed = None
+    if isinstance(exc, NotFound):
+        body["message"] = f"No endpoint at {path}"
+    elif isinstance(exc, WebsocketMismatch):
+        body["message"] = (
+            f"{path} does not accept WebSocket upgrades"
+            if websocket
+            else f"{path} requires a WebSocket upgrade"
+        )
+    elif isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        body["message"] = f"Method {method} is not allowed on {path}"
+        body["details"] = f"Allowed: {allowed}"
+    response = json_response(body, status)
+    if allowed is not None:
+        response.headers["Allow"] = allowed
+    return response
 
 
 def register_error_handlers(app: Quart) -> None:
@@ -45,7 +80,9 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def handle_http_exception(exc: HTTPException) -> Response:
-        return empty_response(exc.code or 500)
+        if has_request_context():
+            return response_for_http_exception(exc, request.method, request.path)
+        return response_for_http_exception(exc, websocket.method, websocket.path, websocket=True)
 
     @app.errorhandler(Exception)
     async def handle_unexpected(exc: Exception) -> Response:

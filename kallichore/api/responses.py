@@ -2,18 +2,20 @@
 
 * JSON bodies are compact, ``Content-Type: application/json``.
 * "Empty" successes are the JSON literal ``null`` with status 200.
-* 401 and 404 have an empty body and no Content-Type.
+* Errors have the spec's ``error`` body (:mod:`kallichore.api.errors`);
+  Kallichore sends 401 and 404 with no body.
 """
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 from quart import Response
 
 from kallichore.api.converter import to_json_bytes
 
-__all__ = ["empty_response", "json_response", "null_response"]
+__all__ = ["json_response", "null_response", "status_phrase"]
 
 _JSON = "application/json"
 
@@ -28,8 +30,9 @@ def null_response() -> Response:
     return Response(b"null", status=200, content_type=_JSON)
 
 
-def empty_response(status: int) -> Response:
-    """A status with no body and no Content-Type (401, 404, 405)."""
-    response = Response(b"", status=status)
-    del response.headers["Content-Type"]
-    return response
+def status_phrase(status: int) -> str:
+    """The standard reason phrase for ``status`` (``"Bad Request"``)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"

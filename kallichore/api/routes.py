@@ -8,6 +8,8 @@ into the server's services, build the response. Errors are raised as
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -43,7 +45,7 @@ from kallichore.wire import connection_file as wire_connection
 if TYPE_CHECKING:
     from kallichore.server import Server
 
-__all__ = ["MAX_PID", "build_server_status", "register_routes"]
+__all__ = ["MAX_PID", "build_server_status", "openapi_document", "register_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,16 @@ DEFAULT_CONNECTION_TIMEOUT = 30  # seconds
 DEFAULT_PROTOCOL_VERSION = "5.3"
 #: Longest session id (``maxLength`` of ``newSession.session_id``).
 MAX_SESSION_ID_CHARS = 200  # characters
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The OpenAPI document shipped in the package, as served by ``GET /openapi.json``.
+
+    ``kallichore/api/kallichore.json`` is a link to the repository's
+    ``kallichore.json`` (one source); wheels and sdists carry it as a file.
+    """
+    return importlib.resources.files("kallichore.api").joinpath("kallichore.json").read_bytes()
 
 
 def _env_actions(actions: list[VarAction] | None) -> tuple[tuple[str, str, str], ...]:
@@ -189,6 +201,10 @@ def register_routes(app: Quart, server: Server) -> None:
     @app.get("/status")
     async def server_status() -> Response:
         return json_response(unstructure(build_server_status(server)))
+
+    @app.get("/openapi.json")
+    async def get_openapi() -> Response:
+        return Response(openapi_document(), content_type="application/json")
 
     @app.get("/server_configuration")
     async def get_server_configuration() -> Response:

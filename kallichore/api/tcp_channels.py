@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -30,10 +31,12 @@ import attrs
 import h11
 import trio
 
+from kallichore.api.access_log import log_access, masked_query
 from kallichore.api.auth import authorized
 from kallichore.api.stream_websocket import RECEIVE_SIZE, StreamChannelConnection, upgrade_response
 from kallichore.api.websocket import serve_channel
 from kallichore.errors import SessionNotFoundError
+from kallichore.logs import SessionLog
 
 if TYPE_CHECKING:
     from kallichore.server import Server
@@ -110,12 +113,13 @@ class TcpChannelUpgrades:
         upgrade = self._acceptable_upgrade(buffer)
         if upgrade is None:
             return _ReplayStream(stream, bytes(buffer))
-        session_id, key, head_end = upgrade
-        await self._serve(stream, session_id, key, bytes(buffer[head_end:]))
+        session_id, key, head_end, target = upgrade
+        await self._serve(stream, session_id, key, bytes(buffer[head_end:]), target)
         return None
 
-    def _acceptable_upgrade(self, buffer: bytearray) -> tuple[str, bytes, int] | None:
-        """``(session id, Sec-WebSocket-Key, end of head)`` if the app would accept it."""
+    def _acceptable_upgrade(self, buffer: bytearray) -> tuple[str, bytes, int, str] | None:
+        """``(session id, Sec-WebSocket-Key, end of head, target for the log)``
+        if the app would accept it; the target's query values are masked."""
         if not buffer.startswith(_PREFIX) or (end := _HEAD_END.search(buffer)) is None:
             return None
         parser = h11.Connection(h11.SERVER)
@@ -126,8 +130,8 @@ class TcpChannelUpgrades:
             return None
         if not isinstance(request, h11.Request):
             return None
-        path = unquote(request.target.decode("ascii", "replace").partition("?")[0])
-        match = _CHANNELS_PATH.fullmatch(path)
+        raw_path, _, query = request.target.decode("ascii", "replace").partition("?")
+        match = _CHANNELS_PATH.fullmatch(unquote(raw_path))
         if match is None:
             return None
         headers: dict[bytes, bytes] = {}
@@ -153,11 +157,12 @@ class TcpChannelUpgrades:
             self.server.registry.get(session_id)
         except SessionNotFoundError:
             return None
-        return session_id, key, end.end()
+        return session_id, key, end.end(), raw_path + masked_query(query.encode())
 
     async def _serve(
-        self, stream: trio.SocketStream, session_id: str, key: bytes, trailing: bytes
+        self, stream: trio.SocketStream, session_id: str, key: bytes, trailing: bytes, target: str
     ) -> None:
+        start = time.perf_counter()
         try:
             try:
                 session = self.server.registry.get(session_id)
@@ -169,14 +174,22 @@ class TcpChannelUpgrades:
             conn = StreamChannelConnection(
                 stream, initial=trailing, max_message_bytes=self.server.config.max_message_bytes
             )
-            logger.info("%r: client connected over TCP", session)
+            session.log.info("client connected over TCP")
             try:
                 await serve_channel(session, conn)
             finally:
                 await conn.aclose()
+                log_access(
+                    "GET",
+                    target,
+                    101,
+                    time.perf_counter() - start,
+                    websocket=True,
+                    session_id=session_id,
+                )
         except Exception:
             # A connection's failure must never reach the server's nursery.
-            logger.exception("Session %s: channel connection failed", session_id)
+            SessionLog(logger, session_id).exception("channel connection failed")
 
 
 async def _read_first_head(stream: trio.SocketStream) -> bytearray:

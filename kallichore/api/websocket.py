@@ -238,7 +238,7 @@ class _Bridge:
                 try:
                     await conn.flush()
                 except ChannelClosedError as exc:
-                    logger.info("%r: client connection failed: %s", session, exc)
+                    session.log.info("client connection failed: %s", exc)
                     return
                 continue
             # No checkpoint from here until the frames are handed to the
@@ -247,7 +247,7 @@ class _Bridge:
             if not frames:
                 if not attachment.kicked and session.is_current_client(attachment):
                     continue  # written meanwhile by the session itself
-                logger.info("%r: client taken over by a newer one", session)
+                session.log.info("client taken over by a newer one")
                 with contextlib.suppress(ChannelClosedError):
                     await self.conn.send_frames([TAKEOVER_NOTICE])
                 return
@@ -257,7 +257,7 @@ class _Bridge:
                     sent += await self.conn.send_frames(frames[sent:])
                 await self.conn.flush()
             except ChannelClosedError as exc:
-                logger.info("%r: client connection failed: %s", session, exc)
+                session.log.info("client connection failed: %s", exc)
                 session.requeue(frames[sent:])
                 return
             except BaseException:
@@ -292,18 +292,18 @@ class _Bridge:
         while True:
             message = await self.conn.receive()
             if message is None:
-                logger.debug("%r: the client closed the connection", self.session)
+                self.session.log.debug("the client closed the connection")
                 return
             if isinstance(message, bytes):
-                logger.debug("%r: ignoring a binary frame from the client", self.session)
+                self.session.log.debug("ignoring a binary frame from the client")
                 continue
             if not message:
-                logger.info("%r: the client sent an empty frame; closing", self.session)
+                self.session.log.info("the client sent an empty frame; closing")
                 return
             try:
                 await self.session.send_from_client(parse_client_frame(message))
             except RemoteProtocolError as exc:
-                logger.warning("%r: dropping a client frame: %s", self.session, exc)
+                self.session.log.warning("dropping a client frame: %s", exc)
 
     async def keepalive(self) -> None:
         try:
@@ -311,9 +311,8 @@ class _Bridge:
             while True:
                 answered = self.conn.pongs_received or 0
                 if sent - answered > MAX_UNANSWERED_PINGS:
-                    logger.warning(
-                        "%r: lost connection to the client (%d pings unanswered)",
-                        self.session,
+                    self.session.log.warning(
+                        "lost connection to the client (%d pings unanswered)",
                         sent - answered,
                     )
                     return
@@ -417,7 +416,7 @@ def register_channel_route(app: Quart, server: Server) -> None:
             )
             return json_response(error.to_body(), error.http_status)
         await websocket.accept()
-        logger.info("%r: client connected over TCP", session)
+        session.log.info("client connected over TCP")
         await serve_channel(session, _QuartConnection(websocket))
         return None
 

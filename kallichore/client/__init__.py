@@ -20,6 +20,7 @@ from kallichore.client._errors import ExecutionDroppedError as ExecutionDroppedE
 from kallichore.client._errors import KallichoreClientError as KallichoreClientError
 from kallichore.client._kernelspec import KernelSpec as KernelSpec
 from kallichore.client._kernelspec import find_kernelspec as find_kernelspec
+from kallichore.client._kernelspec import list_kernelspecs as list_kernelspecs
 from kallichore.client._models import ActiveSession as ActiveSession
 from kallichore.client._models import ExecutionError as ExecutionError
 from kallichore.client._models import ExecutionResult as ExecutionResult

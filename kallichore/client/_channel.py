@@ -66,14 +66,13 @@ import trio
 import trio_websocket
 
 from kallichore.api.envelope import client_message, execute_content
+from kallichore.api.execution import ReplyCollector
 from kallichore.client._errors import (
     ChannelClosedError,
     ExecutionDroppedError,
     KallichoreClientError,
 )
 from kallichore.client._models import (
-    OUTPUT_TYPES,
-    ExecutionError,
     ExecutionResult,
     InputRequest,
     KernelEvent,
@@ -126,15 +125,18 @@ class _Action:
     wait_idle: bool
     on_output: MessageHandler | None = None
     on_input: InputHandler | None = None
-    outputs: list[Message] = attrs.field(factory=list)
-    reply: Message | None = None
-    idle: bool = False
+    # What arrived so far (shared with the embedding API's in-process execute).
+    collected: ReplyCollector = attrs.field(init=False)
     # First failure (handler error, dropped, channel closed); set => done.
     error: BaseException | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
 
+    @collected.default
+    def _new_collector(self) -> ReplyCollector:
+        return ReplyCollector(self.msg_id, self.wait_idle)
+
     def check_done(self) -> None:
-        if self.reply is not None and (self.idle or not self.wait_idle):
+        if self.collected.complete:
             self.done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -297,23 +299,8 @@ class Channel:
         action = _Action(
             msg["header"]["msg_id"], wait_idle=True, on_output=on_output, on_input=on_input
         )
-        reply = await self._run(action, msg)
-        status = str(reply.content.get("status", "error"))
-        count = reply.content.get("execution_count")
-        error = None
-        if status == "error":
-            error = ExecutionError(
-                ename=str(reply.content.get("ename", "")),
-                evalue=str(reply.content.get("evalue", "")),
-                traceback=[str(line) for line in reply.content.get("traceback", [])],
-            )
-        return ExecutionResult(
-            status=status,
-            execution_count=count if isinstance(count, int) else None,
-            outputs=action.outputs,
-            error=error,
-            reply=reply,
-        )
+        await self._run(action, msg)
+        return action.collected.execution_result()
 
     async def kernel_info(self) -> dict[str, Any]:
         """``kernel_info_request``; returns the reply's content."""
@@ -643,19 +630,11 @@ class Channel:
             return
         if msg.msg_type == "input_request":
             self._nursery.start_soon(self._answer_input, action, msg)
-        elif msg.channel == "iopub":
-            if msg.msg_type == "status":
-                if msg.content.get("execution_state") == "idle":
-                    action.idle = True
-            elif msg.msg_type in OUTPUT_TYPES:
-                action.outputs.append(msg)
-                if action.on_output is not None:
-                    try:
-                        await _call(action.on_output, msg)
-                    except Exception as exc:
-                        action.error = action.error or exc
-        elif msg.msg_type.endswith("_reply"):
-            action.reply = msg
+        elif action.collected.receive(msg) and action.on_output is not None:
+            try:
+                await _call(action.on_output, msg)
+            except Exception as exc:
+                action.error = action.error or exc
         action.check_done()
 
     def _on_kernel_event(self, event: KernelEvent) -> None:
@@ -747,8 +726,8 @@ class Channel:
             self._actions.pop(action.msg_id, None)
         if action.error is not None:
             raise action.error
-        assert action.reply is not None
-        return action.reply
+        assert action.collected.reply is not None
+        return action.collected.reply
 
     async def _require_kernel(self) -> None:
         """Fail a request at once when the session has no kernel.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosedError", "ExecutionDroppedError", "KallichoreClientError"]
+import contextlib
+from collections.abc import Iterator
+
+__all__ = ["ChannelClosedError", "ExecutionDroppedError", "KallichoreClientError", "unwrap_group"]
 
 
 class KallichoreClientError(Exception):
@@ -58,3 +61,16 @@ class ChannelClosedError(KallichoreClientError):
 class ExecutionDroppedError(KallichoreClientError):
     """The server dropped a queued request (interrupt, shutdown, kill, exit)
     or the kernel exited before the request completed."""
+
+
+@contextlib.contextmanager
+def unwrap_group() -> Iterator[None]:
+    """Around a nursery whose helper tasks never fail: re-raise the one
+    exception it wrapped (the body's) as it was raised, so callers can catch
+    :class:`KallichoreClientError` and friends by type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

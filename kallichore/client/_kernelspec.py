@@ -7,6 +7,7 @@ first match wins) and builds a ``newSession`` body from the spec.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -19,7 +20,7 @@ from jupyter_core.paths import jupyter_path
 from kallichore.api.models import InterruptMode, NewSession, VarAction, VarActionType
 from kallichore.client._errors import KallichoreClientError
 
-__all__ = ["KernelSpec", "find_kernelspec"]
+__all__ = ["KernelSpec", "find_kernelspec", "list_kernelspecs"]
 
 
 @attrs.frozen
@@ -56,6 +57,16 @@ class KernelSpec:
             interrupt_mode=self.interrupt_mode,
         )
 
+    def as_json(self) -> dict[str, Any]:
+        """The ``kernel.json`` fields we read, as ``jupyter kernelspec list --json`` shows them."""
+        return {
+            "argv": list(self.argv),
+            "display_name": self.display_name,
+            "language": self.language,
+            "interrupt_mode": self.interrupt_mode.value,
+            "env": dict(self.env),
+        }
+
 
 def _native_python3() -> KernelSpec:
     # What ipykernel's own spec says, for when none is installed: this
@@ -71,6 +82,28 @@ def _native_python3() -> KernelSpec:
     )
 
 
+def _read_spec(name: str, resource_dir: str) -> KernelSpec:
+    path = os.path.join(resource_dir, "kernel.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec: Any = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise KallichoreClientError(f"cannot read kernelspec {path}: {exc}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("argv"), list):
+        raise KallichoreClientError(f"kernelspec {path} has no argv")
+    mode = spec.get("interrupt_mode", "signal")
+    env = spec.get("env") or {}
+    return KernelSpec(
+        name=name,
+        resource_dir=resource_dir,
+        argv=[str(a) for a in spec["argv"]],
+        display_name=str(spec.get("display_name", name)),
+        language=str(spec.get("language", "")),
+        interrupt_mode=InterruptMode.MESSAGE if mode == "message" else InterruptMode.SIGNAL,
+        env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+    )
+
+
 def find_kernelspec(name: str = "python3") -> KernelSpec:
     """Look ``name`` up in ``jupyter_path("kernels")``.
 
@@ -82,29 +115,30 @@ def find_kernelspec(name: str = "python3") -> KernelSpec:
     """
     for directory in jupyter_path("kernels"):
         resource_dir = os.path.join(directory, name)
-        path = os.path.join(resource_dir, "kernel.json")
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                spec: Any = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise KallichoreClientError(f"cannot read kernelspec {path}: {exc}") from None
-        if not isinstance(spec, dict) or not isinstance(spec.get("argv"), list):
-            raise KallichoreClientError(f"kernelspec {path} has no argv")
-        mode = spec.get("interrupt_mode", "signal")
-        env = spec.get("env") or {}
-        return KernelSpec(
-            name=name,
-            resource_dir=resource_dir,
-            argv=[str(a) for a in spec["argv"]],
-            display_name=str(spec.get("display_name", name)),
-            language=str(spec.get("language", "")),
-            interrupt_mode=InterruptMode.MESSAGE if mode == "message" else InterruptMode.SIGNAL,
-            env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
-        )
+        if os.path.isfile(os.path.join(resource_dir, "kernel.json")):
+            return _read_spec(name, resource_dir)
     if name == "python3":
         return _native_python3()
     raise KallichoreClientError(
         f"no kernelspec named {name!r} in {', '.join(jupyter_path('kernels'))}"
     )
+
+
+def list_kernelspecs() -> list[KernelSpec]:
+    """Every kernelspec :func:`find_kernelspec` would find, sorted by name.
+
+    The first directory holding a name wins, as for :func:`find_kernelspec`;
+    unreadable specs are left out; ``python3`` is always there (built in
+    when not installed, with an empty ``resource_dir``).
+    """
+    found: dict[str, KernelSpec] = {}
+    for directory in jupyter_path("kernels"):
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(directory)):
+                resource_dir = os.path.join(directory, name)
+                if name in found or not os.path.isfile(os.path.join(resource_dir, "kernel.json")):
+                    continue
+                with contextlib.suppress(KallichoreClientError):
+                    found[name] = _read_spec(name, resource_dir)
+    found.setdefault("python3", _native_python3())
+    return [found[name] for name in sorted(found)]

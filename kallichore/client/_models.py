@@ -6,15 +6,22 @@ Request bodies and ``ServerStatus`` reuse :mod:`kallichore.api.models`
 are defined here, named after ``kallichore.json``. Optional fields the server
 may omit default to ``None``, so a response from upstream Kallichore (which
 has no ``server_id``) structures too.
+
+:class:`Message`, :class:`ExecutionResult` and :class:`ExecutionError` live
+in :mod:`kallichore.api.execution` (pure), shared with the embedding API's
+in-process ``execute``; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import attrs
 
+from kallichore.api.execution import OUTPUT_TYPES as OUTPUT_TYPES
+from kallichore.api.execution import ExecutionError as ExecutionError
+from kallichore.api.execution import ExecutionResult as ExecutionResult
+from kallichore.api.execution import Message as Message
 from kallichore.api.models import InterruptMode, ServerStatus, SessionMode
 from kallichore.session.state import SessionStatus
 
@@ -31,11 +38,6 @@ __all__ = [
     "SessionList",
     "SessionStatus",
 ]
-
-#: iopub message types that are an execution's output, in the order shown.
-OUTPUT_TYPES = frozenset(
-    {"stream", "display_data", "update_display_data", "execute_result", "error", "clear_output"}
-)
 
 
 @attrs.frozen
@@ -95,62 +97,6 @@ class SessionList:
 
 
 @attrs.frozen
-class Message:
-    """One Jupyter message from the channel.
-
-    The server trims headers to ``msg_id`` and ``msg_type``; ``buffers`` are
-    decoded from base64.
-    """
-
-    header: dict[str, Any]
-    parent_header: dict[str, Any] | None
-    channel: str
-    content: dict[str, Any]
-    metadata: dict[str, Any] = attrs.field(factory=dict)
-    buffers: list[bytes] = attrs.field(factory=list)
-
-    @property
-    def msg_id(self) -> str:
-        """``header.msg_id``."""
-        return str(self.header.get("msg_id", ""))
-
-    @property
-    def msg_type(self) -> str:
-        """``header.msg_type``."""
-        return str(self.header.get("msg_type", ""))
-
-    @property
-    def parent_id(self) -> str | None:
-        """``parent_header.msg_id``, or ``None`` without a parent."""
-        if not self.parent_header:
-            return None
-        value = self.parent_header.get("msg_id")
-        return str(value) if value is not None else None
-
-    @classmethod
-    def from_frame(cls, frame: dict[str, Any]) -> Message:
-        """Build from a decoded ``"kind": "jupyter"`` frame.
-
-        Raises:
-            ValueError: a required part is missing or has the wrong type.
-        """
-        header = frame.get("header")
-        content = frame.get("content")
-        if not isinstance(header, dict) or not isinstance(content, dict):
-            raise ValueError("a jupyter frame needs object header and content")
-        parent = frame.get("parent_header")
-        metadata = frame.get("metadata")
-        return cls(
-            header=header,
-            parent_header=parent if isinstance(parent, dict) else None,
-            channel=str(frame.get("channel", "")),
-            content=content,
-            metadata=metadata if isinstance(metadata, dict) else {},
-            buffers=[base64.b64decode(b) for b in frame.get("buffers") or []],
-        )
-
-
-@attrs.frozen
 class KernelEvent:
     """A ``"kind": "kernel"`` frame: ``name`` is its one key, ``value`` the value.
 
@@ -169,54 +115,3 @@ class InputRequest:
     prompt: str
     password: bool
     message: Message
-
-
-@attrs.frozen
-class ExecutionError:
-    """The error of a failed execution."""
-
-    ename: str
-    evalue: str
-    traceback: list[str]
-
-
-@attrs.frozen
-class ExecutionResult:
-    """What an ``execute_request`` produced.
-
-    Attributes:
-        status: the reply's ``status``: ``"ok"``, ``"error"`` or ``"aborted"``.
-        execution_count: the reply's count (``None`` if absent).
-        outputs: the iopub outputs (``stream``, ``display_data``, ...,
-            ``error``) in arrival order.
-        error: set when ``status`` is ``"error"``.
-        reply: the ``execute_reply`` itself.
-    """
-
-    status: str
-    execution_count: int | None
-    outputs: list[Message]
-    error: ExecutionError | None
-    reply: Message
-
-    @property
-    def ok(self) -> bool:
-        """Whether the execution succeeded."""
-        return self.status == "ok"
-
-    @property
-    def stdout(self) -> str:
-        """All ``stdout`` stream text, joined."""
-        return self._stream("stdout")
-
-    @property
-    def stderr(self) -> str:
-        """All ``stderr`` stream text, joined."""
-        return self._stream("stderr")
-
-    def _stream(self, name: str) -> str:
-        return "".join(
-            str(m.content.get("text", ""))
-            for m in self.outputs
-            if m.msg_type == "stream" and m.content.get("name") == name
-        )

@@ -9,20 +9,25 @@ text.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import uuid
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import trio
+from jupyter_core.paths import jupyter_runtime_dir
 
+from kallichore import version_line
 from kallichore.api.converter import unstructure
-from kallichore.client._errors import KallichoreClientError
-from kallichore.client._kernelspec import find_kernelspec
-from kallichore.client._models import ExecutionResult, InputRequest, Message
-from kallichore.client._rest import KallichoreClient, open_client
+from kallichore.client._errors import KallichoreClientError, unwrap_group
+from kallichore.client._execute import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, execute_command
+from kallichore.client._kernelspec import find_kernelspec, list_kernelspecs
+from kallichore.client._output import OutputClosedError, silence_stdout
+from kallichore.client._rest import KallichoreClient, open_client, read_connection_file
+from kallichore.settings import parse_layered
 
 __all__ = ["main"]
 
@@ -31,40 +36,76 @@ CONNECTION_FILE_ENV = "KALLICHORE_CONNECTION_FILE"
 #: Spinner frames and period for the start progress indicator.
 SPINNER = "|/-\\"
 SPINNER_PERIOD = 0.1  # seconds
+#: Bound on removing the session a failed or abandoned ``start`` created.
+DISCARD_TIMEOUT = 10.0  # seconds
 
 
 class _UsageError(Exception):
     pass
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+#: Subcommand -> help, for those that take one session id and nothing else.
+_SESSION_COMMANDS = {
+    "interrupt": "interrupt a kernel",
+    "restart": "restart a kernel",
+    "kill": "kill a kernel",
+    "delete": "delete a session whose kernel has exited",
+}
+
+
+def build_parser(prog: str = "kcclient") -> argparse.ArgumentParser:
+    """The client's argument parser: global options, then one subparser per command.
+
+    ``--json`` is accepted before or after the command (``kcclient list
+    --json``); a subparser's copy defaults to "not given" so it never undoes
+    the global one.
+    """
     parser = argparse.ArgumentParser(
         prog=prog, description="Talk to a kallichore (Kallichore) server."
     )
-    where = parser.add_argument_group("server (one of; default $" + CONNECTION_FILE_ENV + ")")
+    parser.add_argument("-V", "--version", action="version", version=version_line("kcclient"))
+    where = parser.add_argument_group(
+        "server (one of; default $" + CONNECTION_FILE_ENV + ")"
+    ).add_mutually_exclusive_group()
     where.add_argument("--connection-file", metavar="PATH", help="the server's connection file")
     where.add_argument("--url", metavar="URL", help="http://HOST:PORT of a TCP server")
     where.add_argument("--socket", metavar="PATH", help="the server's Unix socket")
     parser.add_argument("--token", help="bearer token (default: from the connection file)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("list", help="list sessions")
-    sub.add_parser("status", help="server status")
-    start = sub.add_parser("start", help="create and start a kernel session")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common])
+
+    command("list", "list sessions")
+    command("status", "server status")
+    command("kernelspecs", "list the installed kernelspecs (no server needed)")
+    start = command("start", "create and start a kernel session")
     start.add_argument("--kernel", default="python3", help="kernelspec name (default python3)")
     start.add_argument("--id", dest="session_id", help="session id (default: generated)")
     start.add_argument("--cwd", help="working directory (default: the current one)")
-    execute = sub.add_parser("execute", help="run code and stream its output")
+    execute = command("execute", "run code and stream its output (Ctrl-C interrupts the kernel)")
     execute.add_argument("session_id", metavar="ID")
     execute.add_argument("code", metavar="CODE", help="code to run; - reads it from stdin")
-    for name, text in [
-        ("interrupt", "interrupt a kernel"),
-        ("restart", "restart a kernel"),
-        ("kill", "kill a kernel"),
-        ("delete", "delete an exited session"),
-    ]:
-        sub.add_parser(name, help=text).add_argument("session_id", metavar="ID")
-    sub.add_parser("shutdown", help="shut the server down (kills every kernel)")
+    console = command("console", "an interactive prompt on a session (history, Ctrl-C, input())")
+    console.add_argument("session_id", metavar="ID")
+    conn = command(
+        "connection-file", "write the kernel's connection file (for jupyter console --existing)"
+    )
+    conn.add_argument("session_id", metavar="ID")
+    conn.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        help="where to write it (default: kernel-ID.json in Jupyter's runtime directory)",
+    )
+    for name, text in _SESSION_COMMANDS.items():
+        command(name, text).add_argument("session_id", metavar="ID")
+    command("shutdown", "shut the server down (kills every kernel)")
     return parser
 
 
@@ -75,18 +116,29 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcclient") -> int:
         argv: arguments without the program name (default ``sys.argv[1:]``).
         prog: the program name in usage and error lines.
     """
-    parser = _parser(prog)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(prog)
+    legacy = {"connection_file": CONNECTION_FILE_ENV}
+    args = parse_layered(parser, argv, section=("client",), legacy=legacy).namespace
     name = prog.split()[0] if prog.startswith("kcclient") else "kcclient"
     try:
-        return trio.run(_run, args)
+        if args.command == "console":
+            from kallichore.client._console import run_console
+
+            return run_console(_server_options(args), args.session_id)
+        code: int = trio.run(_run, args)
+        if code == EXIT_PIPE_CLOSED:
+            silence_stdout()  # what is still buffered must not be reported at exit
+        return code
     except KallichoreClientError as exc:
-        _fail(name, str(exc))
+        _fail(name, _explain(exc, args))
     except _UsageError as exc:
         _fail(name, str(exc))
+    except (BrokenPipeError, OutputClosedError):
+        silence_stdout()  # the reader went away: end quietly, as `cat` would
+        return EXIT_PIPE_CLOSED
     except KeyboardInterrupt:
         _fail(name, "interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the one-line promise covers our bugs too
         _fail(name, f"{type(exc).__name__}: {exc}")
     return 1
@@ -94,10 +146,39 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "kcclient") -> int:
 
 def _fail(name: str, message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
-    print(f"{name}: {first}", file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{name}: {first}", file=sys.stderr)
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _explain(exc: KallichoreClientError, args: argparse.Namespace) -> str:
+    """The error line: a 401 says which token was sent and where it came from."""
+    if exc.status != 401:
+        return str(exc)
+    options = _server_options(args)
+    path = options.get("connection_file")
+    if args.token is not None:
+        source = "sent the token given with --token"
+    elif path and _token_in(path):
+        source = f"sent the token from {path}"
+    elif path:
+        source = f"sent no token: {path} has no bearer_token"
+    else:
+        source = "sent no token: no --token and no connection file"
+    return (
+        f"unauthorized (HTTP 401): the bearer token is wrong or missing ({source}); "
+        f"use --token TOKEN or the server's --connection-file"
+    )
+
+
+def _token_in(path: str) -> bool:
+    try:
+        return isinstance(read_connection_file(path).get("bearer_token"), str)
+    except KallichoreClientError:
+        return False
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``open_client`` keyword arguments from the global options (or the environment)."""
     connection_file = args.connection_file
     if connection_file is None and args.url is None and args.socket is None:
         connection_file = os.environ.get(CONNECTION_FILE_ENV)
@@ -106,12 +187,18 @@ async def _run(args: argparse.Namespace) -> int:
                 f"no server given: use --connection-file, --url or --socket "
                 f"(or set {CONNECTION_FILE_ENV})"
             )
-    async with open_client(
-        connection_file=connection_file,
-        base_url=args.url,
-        socket_path=args.socket,
-        token=args.token,
-    ) as client:
+    return {
+        "connection_file": connection_file,
+        "base_url": args.url,
+        "socket_path": args.socket,
+        "token": args.token,
+    }
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "kernelspecs":
+        return _kernelspecs(args.json)
+    async with open_client(**_server_options(args)) as client:
         command = args.command
         if command == "list":
             return await _list(client, args.json)
@@ -122,7 +209,15 @@ async def _run(args: argparse.Namespace) -> int:
         if command == "start":
             return await _start(client, args)
         if command == "execute":
-            return await _execute(client, args)
+            code = args.code
+            if code == "-":
+                code = await trio.to_thread.run_sync(sys.stdin.read)
+            interactive = sys.stdin.isatty() and args.code != "-"
+            return await execute_command(
+                client, args.session_id, code, as_json=args.json, interactive=interactive
+            )
+        if command == "connection-file":
+            return await _connection_file(client, args)
         if command == "shutdown":
             await client.shutdown_server()
             _emit(args.json, {"ok": True}, "server shutting down")
@@ -177,30 +272,36 @@ async def _list(client: KallichoreClient, as_json: bool) -> int:
 
 
 async def _with_progress(job: Any, label: str) -> Any:
-    """Await ``job``, showing a spinner on stderr if it is a terminal."""
+    """Await ``job``, showing a spinner on stderr if it is a terminal.
+
+    Errors:
+        Whatever ``job`` raises, as it raised it.
+    """
     if not sys.stderr.isatty():
         return await job
-    result: list[Any] = []
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_spin, label)
+            try:
+                return await job
+            finally:
+                nursery.cancel_scope.cancel()
 
-    async def run_job(cancel_scope: trio.CancelScope) -> None:
-        result.append(await job)
-        cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_job, nursery.cancel_scope)
-        i = 0
-        start = trio.current_time()
-        try:
-            while True:
-                elapsed = trio.current_time() - start
-                sys.stderr.write(f"\r{SPINNER[i % len(SPINNER)]} {label} ({elapsed:.1f} s)")
-                sys.stderr.flush()
-                i += 1
-                await trio.sleep(SPINNER_PERIOD)
-        finally:
-            sys.stderr.write("\r\x1b[K")
+async def _spin(label: str) -> None:
+    """Show ``label`` with a spinner and the elapsed time until cancelled, then clear the line."""
+    i = 0
+    start = trio.current_time()
+    try:
+        while True:
+            elapsed = trio.current_time() - start
+            sys.stderr.write(f"\r{SPINNER[i % len(SPINNER)]} {label} ({elapsed:.1f} s)")
             sys.stderr.flush()
-    return result[0] if result else None
+            i += 1
+            await trio.sleep(SPINNER_PERIOD)
+    finally:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
 async def _start(client: KallichoreClient, args: argparse.Namespace) -> int:
@@ -212,8 +313,11 @@ async def _start(client: KallichoreClient, args: argparse.Namespace) -> int:
         info = await _with_progress(
             client.start_session(session_id), f"starting {spec.display_name}"
         )
-    except KallichoreClientError as exc:
-        if exc.output:
+    except BaseException as exc:
+        # A session that never came up is of no use to anyone: remove it.
+        with trio.CancelScope(shield=True):
+            await _discard(client, session_id)
+        if isinstance(exc, KallichoreClientError) and exc.output:
             sys.stderr.write(exc.output if exc.output.endswith("\n") else exc.output + "\n")
         raise
     if args.json:
@@ -223,71 +327,57 @@ async def _start(client: KallichoreClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_of(msg: Message) -> tuple[TextIO, str] | None:
-    content = msg.content
-    if msg.msg_type == "stream":
-        out = sys.stderr if content.get("name") == "stderr" else sys.stdout
-        return out, str(content.get("text", ""))
-    if msg.msg_type in ("execute_result", "display_data", "update_display_data"):
-        data = content.get("data") or {}
-        text = data.get("text/plain")
-        if text is None:
-            kinds = ", ".join(sorted(data)) or "no data"
-            text = f"<{msg.msg_type}: {kinds}>"
-        return sys.stdout, str(text) + "\n"
-    if msg.msg_type == "error":
-        return sys.stderr, "\n".join(str(t) for t in content.get("traceback", [])) + "\n"
-    return None
+async def _discard(client: KallichoreClient, session_id: str) -> None:
+    """Kill (if need be) and delete a session, within :data:`DISCARD_TIMEOUT`; never raises."""
+    with trio.move_on_after(DISCARD_TIMEOUT):
+        with contextlib.suppress(KallichoreClientError):
+            await client.kill_session(session_id)
+        while True:
+            try:
+                await client.delete_session(session_id)
+                return
+            except KallichoreClientError as exc:
+                if exc.status != 400:  # only "still running" is worth waiting out
+                    return
+            await trio.sleep(0.1)
 
 
-async def _execute(client: KallichoreClient, args: argparse.Namespace) -> int:
-    code = args.code
-    if code == "-":
-        code = await trio.to_thread.run_sync(sys.stdin.read)
-    as_json = args.json
-
-    def on_output(msg: Message) -> None:
-        if as_json:
-            return
-        shown = _text_of(msg)
-        if shown is not None:
-            out, text = shown
-            out.write(text)
-            out.flush()
-
-    async def on_input(request: InputRequest) -> str:
-        def ask() -> str:
-            import getpass
-
-            if request.password:
-                return getpass.getpass(request.prompt)
-            return input(request.prompt)
-
-        try:
-            return await trio.to_thread.run_sync(ask)
-        except EOFError:
-            return ""
-
-    interactive = sys.stdin.isatty() and args.code != "-"
-    async with client.open_channel(args.session_id) as channel:
-        result: ExecutionResult = await channel.execute(
-            code, on_output=on_output, on_input=on_input if interactive else None
-        )
+def _kernelspecs(as_json: bool) -> int:
+    specs = list_kernelspecs()
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "status": result.status,
-                    "execution_count": result.execution_count,
-                    "outputs": [
-                        {"msg_type": m.msg_type, "content": m.content} for m in result.outputs
-                    ],
-                    "error": unstructure(result.error) if result.error else None,
-                },
-                indent=2,
-            )
-        )
-    return 0 if result.ok else 1
+        document = {
+            spec.name: {"resource_dir": spec.resource_dir, "spec": spec.as_json()} for spec in specs
+        }
+        print(json.dumps({"kernelspecs": document}, indent=2))
+        return 0
+    print("Available kernels:")
+    width = max((len(spec.name) for spec in specs), default=0)
+    for spec in specs:
+        where = spec.resource_dir or f"(built in: {spec.argv[0]} -m ipykernel_launcher)"
+        print(f"  {spec.name.ljust(width)}    {where}")
+    return 0
+
+
+async def _connection_file(client: KallichoreClient, args: argparse.Namespace) -> int:
+    """Write the kernel's connection details where ``jupyter console --existing`` reads them."""
+    info = unstructure(await client.connection_info(args.session_id))
+    path = args.path or os.path.join(jupyter_runtime_dir(), f"kernel-{args.session_id}.json")
+    await trio.to_thread.run_sync(_write_private_json, path, info)
+    _emit(args.json, {"session_id": args.session_id, "path": path}, path)
+    return 0
+
+
+def _write_private_json(path: str, data: Any) -> None:
+    """Write ``data`` to ``path``, readable by the owner only (it holds the signing key)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+    except OSError as exc:
+        raise KallichoreClientError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

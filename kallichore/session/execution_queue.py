@@ -9,7 +9,9 @@ all but one so that a client can see (and show) what is pending:
 * every ``idle`` status from the kernel releases the next pending request (it
   becomes active and is sent), or clears ``active``;
 * interrupt, kill, shutdown and exit clear everything; :meth:`clear` returns
-  what was dropped so the client can be told (Kallichore drops silently).
+  what was dropped so the client can be told (Kallichore drops silently);
+* a request that is still pending can be withdrawn by its sender
+  (:meth:`withdraw`; the embedding API does when its caller is cancelled).
 
 Other shell traffic (completions, comms, inspections) is never held: the
 kernel handles it in order on its own. Messages are the client's JSON objects
@@ -55,6 +57,18 @@ class ExecutionQueue:
         """The kernel went idle: the next request to send, if any."""
         self.active = self.pending.popleft() if self.pending else None
         return self.active
+
+    def withdraw(self, msg_id: str) -> bool:
+        """Take a pending (not yet sent) request out of the queue; whether it was there."""
+        for index, message in enumerate(self.pending):
+            if _msg_id(message) == msg_id:
+                del self.pending[index]
+                return True
+        return False
+
+    def is_active(self, msg_id: str) -> bool:
+        """Whether the request sent to the kernel (not yet idle) is ``msg_id``."""
+        return self.active is not None and _msg_id(self.active) == msg_id
 
     def clear(self) -> list[str]:
         """Drop everything; returns the msg_ids of requests that never ran."""

@@ -54,6 +54,7 @@ __all__ = [
     "choose_working_directory",
     "clean_startup_output",
     "find_on_path",
+    "resolve_directory",
     "resolve_environment",
     "shell_login_flag",
     "startup_context_prefix",
@@ -409,6 +410,12 @@ def clean_startup_output(text: str) -> str:
     ]
     cleaned = "\n".join(lines)
     return cleaned.removesuffix("\n")
+
+
+def resolve_directory(path: str) -> str | None:
+    """``~``-expanded, canonical ``path`` if it is a directory, else ``None``."""
+    resolved = os.path.expanduser(path)
+    return os.path.realpath(resolved) if os.path.isdir(resolved) else None
 
 
 def choose_working_directory(requested: str, fallback: str) -> tuple[str, str | None]:

@@ -14,7 +14,15 @@ can be a second or more later. Two things can take it meanwhile:
   port before the kernel binds it, and the kernel fails with "Address
   already in use". Kallichore has this race. We pick ports *outside* the
   ephemeral range, where the OS never assigns them on its own, and check
-  each one is free by binding it.
+  each one is free by binding it. We also stay below the IANA dynamic range
+  (49152-65535): pyzmq's ``bind_to_random_port``, which every ipykernel
+  uses for its subprocess-output pipe, picks its ports there.
+
+Neither rule closes the race with *another program* that picks ports the
+same way (a second supervisor on the machine) between our check and the
+kernel's bind: the kernel then exits with "Address already in use". A
+start that fails so (:func:`is_port_conflict`) is tried again with new
+ports (see ``KernelSession.start``).
 """
 
 from __future__ import annotations
@@ -24,15 +32,20 @@ import socket
 
 import attrs
 
-__all__ = ["PortPickError", "PortReservations", "ephemeral_port_range"]
+__all__ = ["PortPickError", "PortReservations", "ephemeral_port_range", "is_port_conflict"]
 
 #: Lowest port we hand to a kernel (well clear of registered service ports).
 LOWEST_PORT = 10_000  # port number
+#: First port of the IANA dynamic range, where pyzmq picks random ports.
+DYNAMIC_RANGE_START = 49_152  # port number
 #: How many candidates to try before falling back to an OS-assigned port.
 MAX_ATTEMPTS = 200  # attempts
 #: Where Linux keeps the ephemeral range, and its usual value.
 _EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 _DEFAULT_EPHEMERAL_RANGE = (32768, 60999)
+#: How a failed bind reads in a kernel's output: the POSIX text of EADDRINUSE
+#: (Python, Rust, R and libzmq all print it), its name, and Windows' text.
+_ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "only one usage of each socket address")
 
 
 class PortPickError(Exception):
@@ -51,7 +64,7 @@ def ephemeral_port_range() -> tuple[int, int]:
 
 def _candidates(rng: random.Random) -> list[int]:
     low, high = ephemeral_port_range()
-    ranges = [(LOWEST_PORT, low - 1), (high + 1, 65535)]
+    ranges = [(LOWEST_PORT, low - 1), (high + 1, DYNAMIC_RANGE_START - 1)]
     ranges = [(a, b) for a, b in ranges if a <= b]
     if not ranges:
         return []
@@ -61,6 +74,12 @@ def _candidates(rng: random.Random) -> list[int]:
         a, b = rng.choices(ranges, weights)[0]
         picked.append(rng.randint(a, b))
     return picked
+
+
+def is_port_conflict(output: str | None) -> bool:
+    """Whether a kernel's startup output says a port it was given was in use."""
+    text = (output or "").lower()
+    return any(marker in text for marker in _ADDRESS_IN_USE)
 
 
 def _is_free(host: str, port: int) -> bool:

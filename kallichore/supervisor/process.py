@@ -23,6 +23,11 @@ closed once the pump has drained them (bounded) -- no zombies, no leaked fds.
 Calling it after the kernel exited on its own is cheap and still does the
 group cleanup.
 
+Given a :class:`~kallichore.supervisor.lifeline.Lifeline`, the spawn registers
+the kernel's group with the watchdog that kills it should the server die
+without getting here, and :func:`terminate_process_group` takes it off once
+the group is gone.
+
 Exit codes follow Python's convention: the exit status for a normal exit,
 ``-signum`` for death by a signal (``-9`` after SIGKILL). Kallichore reports
 ``-1`` for every signal death; the API layer may map ours if it must.
@@ -39,12 +44,16 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 import attrs
 import trio
 
+from kallichore.logs import SessionLog
+from kallichore.supervisor.lifeline import Lifeline
+
 __all__ = [
     "KILL_WARN_AFTER",
     "MAX_LINE_BYTES",
     "OUTPUT_DRAIN_GRACE",
     "READ_CHUNK_BYTES",
     "KernelProcess",
+    "describe_status",
     "spawn_kernel_process",
     "terminate_process_group",
 ]
@@ -59,6 +68,17 @@ OUTPUT_DRAIN_GRACE = 1.0  # seconds the pump gets to reach EOF once the group is
 #: Signature of the callback :meth:`KernelProcess.pump_output` feeds:
 #: ``emit(stream_name, line)`` with stream_name ``"stdout"`` or ``"stderr"``.
 EmitLine = Callable[[str, str], None]
+
+
+def describe_status(code: int) -> str:
+    """``exit status: 1`` or ``signal: 9 (SIGKILL)``, as Kallichore words it."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"signal: {-code}"
+        return f"signal: {-code} ({name})"
+    return f"exit status: {code}"
 
 
 def _describe_exit(code: int) -> str:
@@ -104,6 +124,8 @@ class KernelProcess:
     # The trio process; its stdout/stderr are pipes owned by pump_output (or
     # closed by aclose_pipes), its stdin is /dev/null.
     _process: trio.Process = attrs.field(alias="process")
+    # Told of the group while it may be alive (None: kernels outlive us).
+    _lifeline: Lifeline | None = attrs.field(default=None, alias="lifeline")
     # True once pump_output has started; it may run only once.
     _pump_started: bool = attrs.field(default=False, init=False)
     # Set when pump_output has finished with both pipes (and closed them).
@@ -164,6 +186,11 @@ class KernelProcess:
         if self.returncode is not None:
             return False
         return self.signal_group(signal.SIGINT)
+
+    def forget_group(self) -> None:
+        """The group is gone (leader reaped, group swept): take it off the lifeline."""
+        if self._lifeline is not None:
+            self._lifeline.forget(self.pgid)
 
     def kill_group(self) -> bool:
         """Send SIGKILL to the kernel's group (kernel and any children left in it).
@@ -292,9 +319,13 @@ class KernelProcess:
 
 
 async def spawn_kernel_process(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: str
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: str, lifeline: Lifeline | None = None
 ) -> KernelProcess:
     """Start a kernel (or its wrapping shell) as the leader of a new session.
+
+    With a ``lifeline`` the kernel dies with the server (see
+    :mod:`kallichore.supervisor.lifeline`): its group is registered with the
+    watchdog and its environment names the server in ``JPY_PARENT_PID``.
 
     stdin is ``/dev/null`` (Kallichore lets kernels inherit the server's
     stdin); stdout and stderr are pipes for :meth:`KernelProcess.pump_output`.
@@ -303,6 +334,8 @@ async def spawn_kernel_process(
         argv: the command line, usually ``LaunchPlan.argv``; non-empty.
         env: the child's complete environment.
         cwd: the child's working directory.
+        lifeline: the server's lifeline, or ``None`` to let the kernel
+            outlive the server.
 
     Returns:
         The running process. Its owner must eventually call
@@ -323,6 +356,9 @@ async def spawn_kernel_process(
     """
     if not argv:
         raise ValueError("argv must not be empty")
+    if lifeline is not None:
+        await lifeline.ensure_started()
+        env = lifeline.kernel_env(env)
     process = await trio.lowlevel.open_process(
         list(argv),
         env=dict(env),
@@ -332,7 +368,9 @@ async def spawn_kernel_process(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    kernel = KernelProcess(process=process)
+    kernel = KernelProcess(process=process, lifeline=lifeline)
+    if lifeline is not None:
+        lifeline.watch(kernel.pgid)
     logger.debug("spawned %r: %s", kernel, list(argv))
     return kernel
 
@@ -343,6 +381,7 @@ async def terminate_process_group(
     polite: Callable[[], Awaitable[None]] | None,
     polite_grace: float,
     term_grace: float,
+    session_id: str | None = None,
 ) -> int:
     """Stop a kernel and everything in its process group; reap it; close its pipes.
 
@@ -366,6 +405,7 @@ async def terminate_process_group(
             step 1 (kill, or no connection to the kernel).
         polite_grace: seconds for step 1.
         term_grace: seconds for step 2.
+        session_id: the session the kernel serves, named on every log line.
 
     Returns:
         The kernel's exit code (see :meth:`KernelProcess.wait`).
@@ -378,21 +418,28 @@ async def terminate_process_group(
     **Errors:** none of its own; exceptions from ``polite`` are logged, not
     raised.
     """
+    log: logging.Logger | SessionLog = (
+        logger if session_id is None else SessionLog(logger, session_id)
+    )
     with trio.CancelScope(shield=True):
         if polite is not None and proc.returncode is None:
             with trio.move_on_after(max(polite_grace, 0.0)) as polite_scope:
                 try:
                     await polite()
                 except Exception:
-                    logger.warning(
-                        "%r: polite shutdown request failed; sending SIGTERM",
-                        proc,
+                    log.warning(
+                        "kernel process %d: polite shutdown request failed; sending SIGTERM",
+                        proc.pid,
                         exc_info=True,
                     )
                 else:
                     await proc.wait()
             if polite_scope.cancelled_caught:
-                logger.info("%r did not exit %.1f s after a shutdown request", proc, polite_grace)
+                log.info(
+                    "kernel process %d did not exit %.1f s after a shutdown request",
+                    proc.pid,
+                    polite_grace,
+                )
 
         if proc.returncode is None:
             proc.signal_group(signal.SIGTERM)
@@ -400,23 +447,30 @@ async def terminate_process_group(
                 await proc.wait()
 
         if proc.returncode is None:
-            logger.warning("%r ignored SIGTERM for %.1f s; sending SIGKILL", proc, term_grace)
+            log.warning(
+                "kernel process %d ignored SIGTERM for %.1f s; sending SIGKILL",
+                proc.pid,
+                term_grace,
+            )
             proc.kill_group()
             with trio.move_on_after(KILL_WARN_AFTER):
                 await proc.wait()
             if proc.returncode is None:
-                logger.warning(
-                    "%r still running %.1f s after SIGKILL; waiting", proc, KILL_WARN_AFTER
+                log.warning(
+                    "kernel process %d still running %.1f s after SIGKILL; waiting",
+                    proc.pid,
+                    KILL_WARN_AFTER,
                 )
 
         code = await proc.wait()
         # The leader is reaped; sweep the children it left in its group.
         if proc.kill_group():
-            logger.info("%r: killed processes left in its group", proc)
+            log.info("kernel process %d: killed processes left in its group", proc.pid)
+        proc.forget_group()
 
         if proc.output_pump_started:
             with trio.move_on_after(OUTPUT_DRAIN_GRACE):
                 await proc.wait_output_closed()
         await proc.aclose_pipes()
-    logger.debug("%r terminated", proc)
+    log.debug("kernel process %d terminated (%s)", proc.pid, _describe_exit(code))
     return code

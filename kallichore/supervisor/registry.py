@@ -10,6 +10,7 @@ are computed here from the sessions' own statistics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ import trio
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
 from kallichore.priority import RequestPriority
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
+from kallichore.supervisor.lifeline import Lifeline, open_lifeline
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortReservations
 from kallichore.supervisor.session import KernelSession, SessionSpec
 
@@ -59,11 +62,15 @@ class SessionRegistry:
     client_buffer_bytes: int = DEFAULT_OUTBOX_LIMIT
     #: Given to every session: their output pumps wait for REST requests.
     priority: RequestPriority = attrs.field(factory=RequestPriority)
+    #: Given to every session: trust of kernel messages, kernel lifetime.
+    kernel_policy: KernelPolicy = attrs.field(factory=KernelPolicy)
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
     # The nursery sessions run in; set by run().
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     # Private directory for kernel connection files; set by run().
     _files_dir: str | None = attrs.field(default=None, init=False)
+    # Kills our kernels if the server dies; set by run() unless they may outlive it.
+    _lifeline: Lifeline | None = attrs.field(default=None, init=False)
     # Ports handed to kernels and not yet released (shared by all sessions).
     ports: PortReservations = attrs.field(factory=PortReservations, init=False)
 
@@ -97,9 +104,11 @@ class SessionRegistry:
             files_dir=self._files_dir,
             outbox=Outbox(self.client_buffer_bytes),
             priority=self.priority,
+            policy=self.kernel_policy,
+            lifeline=self._lifeline,
         )
         self._sessions[spec.session_id] = session
-        logger.info("Created session %s (%s)", spec.session_id, spec.display_name)
+        session.log.info("created (%s)", spec.display_name)
         return session
 
     def delete(self, session_id: str) -> None:
@@ -112,11 +121,13 @@ class SessionRegistry:
         session = self.get(session_id)
         if session.is_running():
             raise SessionStateError(
-                ErrorCode.SESSION_RUNNING, f"Session {session_id} is running", http_status=400
+                ErrorCode.SESSION_RUNNING,
+                f"Session {session_id} is running; kill it first",
+                http_status=400,
             )
         del self._sessions[session_id]
         session.release_resources()
-        logger.info("Deleted session %s", session_id)
+        session.log.info("deleted")
 
     def _activity(self) -> None:
         self.on_activity()
@@ -188,13 +199,19 @@ class SessionRegistry:
         # in a private directory that disappears with the registry.
         self._files_dir = tempfile.mkdtemp(prefix="kallichore-")
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._nursery = None
+            # The lifeline closes after the nursery: every session has run its
+            # shutdown ladder by then, so its watchdog has nothing left to kill.
+            async with contextlib.AsyncExitStack() as stack:
+                if not self.kernel_policy.outlive_server:
+                    self._lifeline = await stack.enter_async_context(open_lifeline())
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self._nursery = None
         finally:
+            self._lifeline = None
             shutil.rmtree(self._files_dir, ignore_errors=True)
             self._files_dir = None

@@ -8,7 +8,7 @@ Task tree of a running kernel (one *incarnation*; a restart makes a new one)::
         ├── KernelProcess.pump_output      stdout/stderr lines -> ``output`` events
         ├── _read_iopub                    status tracking, forwarding
         ├── _read_replies (shell/control/stdin)
-        └── _monitor_heartbeat             offline / back online
+        └── liveness.monitor_heartbeat     offline / back online (/ gone, if adopted)
 
 Start is ``await registry_nursery.start(session._run_kernel)``: everything
 before ``task_status.started(kernel_info)`` -- spawning, the JEP 66 handshake
@@ -39,7 +39,6 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,15 +58,21 @@ from kallichore.errors import (
     SessionStateError,
     StartupError,
 )
+from kallichore.logs import SessionLog
 from kallichore.priority import RequestPriority
 from kallichore.session.envelope import EnvelopeEncoder
 from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
 from kallichore.session.state import SessionStatus, StatusTracker
 from kallichore.supervisor import launch
-from kallichore.supervisor.ports import PortPickError, PortReservations
+from kallichore.supervisor.dropped_messages import DroppedMessageLog
+from kallichore.supervisor.lifeline import Lifeline
+from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
+from kallichore.supervisor.policy import KernelPolicy
+from kallichore.supervisor.ports import PortPickError, PortReservations, is_port_conflict
 from kallichore.supervisor.process import (
     KernelProcess,
+    describe_status,
     spawn_kernel_process,
     terminate_process_group,
 )
@@ -75,7 +80,7 @@ from kallichore.transport.zmq import (
     KernelSockets,
     TransportError,
     TrioZmqSocket,
-    heartbeat_once,
+    monitor_events,
     open_kernel_sockets,
     open_registration_socket,
     wait_stdin_connected,
@@ -92,7 +97,7 @@ from kallichore.wire.connection_file import (
 )
 from kallichore.wire.message import WireMessage, new_header, short_msg_id
 
-__all__ = ["ClientAttachment", "ImmediateWriter", "KernelSession", "SessionSpec"]
+__all__ = ["ClientAttachment", "ImmediateWriter", "KernelSession", "RequestWatcher", "SessionSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +105,6 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_POLITE_GRACE = 5.0  # seconds
 #: Wait for a kernel to exit after SIGTERM.
 SHUTDOWN_TERM_GRACE = 3.0  # seconds
-#: A heartbeat reply later than this marks the kernel offline.
-HEARTBEAT_TIMEOUT = 5.0  # seconds
-#: Pause between heartbeats.
-HEARTBEAT_INTERVAL = 2.0  # seconds
 #: How long to wait for an iopub message before asking for kernel_info again
 #: to prove the iopub subscription (kernels without a JEP 65 welcome).
 IOPUB_CONFIRM_INTERVAL = 0.25  # seconds
@@ -115,6 +116,8 @@ IOPUB_BATCH = 64  # messages
 IOPUB_BATCH_SHARED = 3  # messages
 #: Longest run of iopub processing between two scheduler passes.
 IOPUB_SLICE = 0.001  # seconds
+#: Starts of a kernel that lost a race for one of its ports (first included).
+PORT_CONFLICT_ATTEMPTS = 3  # attempts
 #: Resource tree is re-read every this many samples (children come and go).
 TREE_REFRESH_TICKS = 5  # samples
 
@@ -189,6 +192,21 @@ class ImmediateWriter(Protocol):
         ...
 
 
+class RequestWatcher(Protocol):
+    """Someone in this process waiting for one request's messages (:meth:`KernelSession.watch`).
+
+    Both methods are called from the session's tasks and must not block.
+    """
+
+    def deliver(self, frame: bytes) -> None:
+        """One message whose parent is the request, as the client frame a WebSocket gets."""
+        ...
+
+    def drop(self, reason: str) -> None:
+        """No (more) messages will come: the request was dropped, or the kernel is gone."""
+        ...
+
+
 @attrs.define(eq=False)
 class _Incarnation:
     """One run of a kernel (a process, or an adopted connection)."""
@@ -229,6 +247,9 @@ class KernelSession:
     _nursery: trio.Nursery
     _ports: PortReservations
     _on_activity: Callable[[], None] = lambda: None
+    policy: KernelPolicy = attrs.field(factory=KernelPolicy)
+    #: Kills our kernels if the server dies (None: they may outlive it).
+    _lifeline: Lifeline | None = None
     #: Private directory (0700) for connection and registration files.
     _files_dir: str = attrs.field(factory=tempfile.gettempdir)
     key: str = attrs.field(factory=generate_key, repr=False)
@@ -257,7 +278,9 @@ class KernelSession:
     _restarting: bool = attrs.field(default=False, init=False)
     # Woken whenever the outbox gains a frame.
     outbox_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    # Signs and checks the current kernel's messages (an adopted one's own key).
     _signer: Signer = attrs.field(init=False, repr=False)
+    _drops: DroppedMessageLog = attrs.field(init=False, repr=False)
     # Kernel messages -> client frames (caches the current parent header).
     _envelopes: EnvelopeEncoder = attrs.field(factory=EnvelopeEncoder, init=False, repr=False)
     _resource_procs: dict[int, psutil.Process] = attrs.field(factory=dict, init=False)
@@ -266,6 +289,11 @@ class KernelSession:
     _resource_ticks: int = attrs.field(default=0, init=False)
     # Ports reserved by GET connection_info for a kernel not started by us.
     _held_ports: tuple[int, ...] = attrs.field(default=(), init=False)
+    # Requests sent from this process (msg_id -> watcher): their messages go
+    # to the watcher; iopub also to the client, replies only to the watcher.
+    _watchers: dict[str, RequestWatcher] = attrs.field(factory=dict, init=False, repr=False)
+    #: Logger for this session's lines ("Session <id>: ...", ``session_id`` set).
+    log: SessionLog = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.working_directory = self.spec.working_directory
@@ -273,6 +301,8 @@ class KernelSession:
         self.input_prompt = self.spec.input_prompt
         self.continuation_prompt = self.spec.continuation_prompt
         self._signer = Signer(self.key.encode("ascii"))
+        self.log = SessionLog(logger, self.spec.session_id)
+        self._drops = DroppedMessageLog(self.log)
 
     def __repr__(self) -> str:
         return f"<KernelSession {self.spec.session_id!r} {self.status.value}>"
@@ -332,7 +362,7 @@ class KernelSession:
         """
         if not self.tracker.transition(status, trio.current_time()):
             return
-        logger.debug("%r: status %s (%s)", self, status.value, reason)
+        self.log.debug("status %s (%s)", status.value, reason)
         if status is SessionStatus.EXITED:
             self._clear_queue("the kernel exited")
         if status in (SessionStatus.IDLE, SessionStatus.READY, SessionStatus.EXITED):
@@ -378,15 +408,24 @@ class KernelSession:
         try:
             frame = self._envelopes.encode(channel, msg)
         except RemoteProtocolError as exc:
-            logger.warning("%r: dropped a %s %s: %s", self, channel, msg.msg_type, exc)
+            self.log.warning("dropped a %s %s: %s", channel, msg.msg_type, exc)
             return
+        if self._watchers:
+            watcher = self._watchers.get(msg.parent_msg_id or "")
+            if watcher is not None:
+                watcher.deliver(frame)
+                if channel != "iopub":
+                    return  # a reply is its sender's; iopub is everyone's
         self._put(frame, droppable=droppable, wake=wake)
 
     def _clear_queue(self, why: str) -> None:
         dropped = self.execution_queue.clear()
         if dropped:
-            logger.info("%r: dropped %d queued executions (%s)", self, len(dropped), why)
+            self.log.info("dropped %d queued executions (%s)", len(dropped), why)
             self.emit_event({"executionsDropped": {"msg_ids": dropped, "reason": why}})
+            for msg_id in dropped:
+                if (watcher := self._watchers.get(msg_id)) is not None:
+                    watcher.drop(f"the execution queue was cleared ({why})")
 
     # ------------------------------------------------------- client attachment
 
@@ -407,7 +446,7 @@ class KernelSession:
         self._on_activity()
         self.outbox_changed.set()
         self.outbox_changed = trio.Event()
-        logger.info("%r: client attached%s", self, " (took over)" if previous else "")
+        self.log.info("client attached%s", " (took over)" if previous else "")
         return attachment
 
     def detach_client(self, attachment: ClientAttachment) -> None:
@@ -416,7 +455,7 @@ class KernelSession:
             self._client = None
             self.connected = False
             self.socket_path = None
-            logger.info("%r: client detached", self)
+            self.log.info("client detached")
 
     def is_current_client(self, attachment: ClientAttachment) -> bool:
         """Whether ``attachment`` is still the session's client."""
@@ -534,10 +573,41 @@ class KernelSession:
             # client that gives up must not kill it half-started. The start
             # is bounded by connection_timeout (and the shutdown ladder).
             with trio.CancelScope(shield=True):
-                info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+                info = await self._start_with_fresh_ports_on_conflict()
         finally:
             self._busy_starting = False
         return info
+
+    async def _start_with_fresh_ports_on_conflict(self) -> dict[str, Any]:
+        """Run the kernel; start it again with new ports if it lost a port race.
+
+        The ports in a connection file are picked by us and bound by the
+        kernel a second or more later; another program can take one in
+        between (see :mod:`kallichore.supervisor.ports`), and the kernel
+        exits with "Address already in use". That is no fault of the kernel,
+        so the start is tried again, with new ports, a bounded number of
+        times. (JEP 66 kernels bind ports of their own choosing.)
+        """
+        attempt = 1
+        while True:
+            try:
+                info: dict[str, Any] = await self._nursery.start(self._run_kernel)
+                return info
+            except StartupError as exc:
+                if (
+                    attempt >= PORT_CONFLICT_ATTEMPTS
+                    or exc.code is not ErrorCode.PROCESS_ABNORMAL_EXIT
+                    or uses_registration_handshake(self.spec.protocol_version)
+                    or not is_port_conflict(exc.output)
+                ):
+                    raise
+            self.log.warning(
+                "a port picked for the kernel was taken before it could bind it; "
+                "starting again with new ports (attempt %d of %d)",
+                attempt + 1,
+                PORT_CONFLICT_ATTEMPTS,
+            )
+            attempt += 1
 
     def _startup_failed(
         self, inc: _Incarnation, plan: launch.LaunchPlan | None, *, during_handshake: bool
@@ -568,7 +638,7 @@ class KernelSession:
         )
         return StartupError(
             ErrorCode.PROCESS_ABNORMAL_EXIT,
-            f"The process exited abnormally ({_describe_status(code)})",
+            f"The process exited abnormally ({describe_status(code)})",
             details,
             exit_code=code,
             output=output,
@@ -580,6 +650,7 @@ class KernelSession:
         spec = self.spec
         self.set_status(SessionStatus.STARTING, "start API called")
         jep66 = uses_registration_handshake(spec.protocol_version)
+        self._signer = Signer(self.key.encode("ascii"))
         inc = _Incarnation(process=None)
         plan: launch.LaunchPlan | None = None
         started = False
@@ -592,7 +663,7 @@ class KernelSession:
                 self.initial_env = env
                 cwd, warning = launch.choose_working_directory(self.working_directory, os.getcwd())
                 if warning:
-                    logger.warning("%r: %s", self, warning)
+                    self.log.warning("%s", warning)
                 # Ports reserved by an earlier GET connection_info are not reused:
                 # a start always writes a fresh connection file (as Kallichore).
                 self._release_held_ports()
@@ -628,7 +699,9 @@ class KernelSession:
                     env=env,
                 )
                 try:
-                    inc.process = await spawn_kernel_process(list(plan.argv), env=env, cwd=cwd)
+                    inc.process = await spawn_kernel_process(
+                        list(plan.argv), env=env, cwd=cwd, lifeline=self._lifeline
+                    )
                 except OSError as exc:
                     raise StartupError(
                         ErrorCode.PROCESS_START_FAILED,
@@ -643,13 +716,13 @@ class KernelSession:
                 if isinstance(exc, StartupError):
                     raise
                 if not isinstance(exc, TransportError | OSError | PortPickError | ValueError):
-                    logger.exception("%r: unexpected error while starting", self)
+                    self.log.exception("unexpected error while starting")
                 raise StartupError(
                     ErrorCode.PROCESS_START_FAILED, f"Failed to start process for session: {exc}"
                 ) from None
 
             process = inc.process
-            logger.info("%r: started process %d: %s", self, process.pid, " ".join(plan.argv))
+            self.log.info("started process %d: %s", process.pid, " ".join(plan.argv))
             self._current = inc
             # The output pump lives outside the incarnation's scope: when the
             # kernel dies it must still read the last lines (a startup error
@@ -722,7 +795,7 @@ class KernelSession:
                     # A bug in a pump must not reach the registry's nursery
                     # (it would take every session and the server down):
                     # treat it as a crash of this kernel.
-                    logger.exception("%r: internal error; stopping the kernel", self)
+                    self.log.exception("internal error; stopping the kernel")
                 finally:
                     await self._stop_incarnation(inc)
         if not started:
@@ -751,7 +824,7 @@ class KernelSession:
                 msg = deserializer.receive_frames(frames)
                 ports = parse_handshake_request(msg)
             except RemoteProtocolError as exc:
-                logger.warning("%r: bad JEP 66 handshake request: %s", self, exc)
+                self.log.warning("bad JEP 66 handshake request: %s", exc)
                 error = {
                     "status": "error",
                     "error": f"Failed to parse JupyterMessage: {exc}",
@@ -823,18 +896,27 @@ class KernelSession:
     async def _watch_exit(self, inc: _Incarnation) -> None:
         assert inc.process is not None
         inc.exit_code = await inc.process.wait()
-        logger.info(
-            "%r: kernel process %d exited (%s)",
-            self,
-            inc.process.pid,
-            _describe_status(inc.exit_code),
-        )
+        # Busy: reported so, or running an execute_request whose busy status
+        # may still be unread. A kill or shutdown cancels this wait first.
+        busy = self.status is SessionStatus.BUSY or self.execution_queue.active is not None
+        if busy and not inc.scope.cancel_called:
+            self.log.warning(
+                "kernel process %d died while busy (%s)",
+                inc.process.pid,
+                describe_status(inc.exit_code),
+            )
+        else:
+            self.log.info(
+                "kernel process %d exited (%s)",
+                inc.process.pid,
+                describe_status(inc.exit_code),
+            )
         inc.scope.cancel()
 
     async def _read_iopub(self, inc: _Incarnation) -> None:
         assert inc.sockets is not None
         iopub = inc.sockets.iopub
-        deserializer = Deserializer(self._signer, ReplayWindow())
+        deserializer = self._kernel_deserializer()
         priority = self.priority
         flooded = False
         while True:
@@ -862,7 +944,7 @@ class KernelSession:
                 try:
                     msg = deserializer.receive_frames(frames)
                 except RemoteProtocolError as exc:
-                    logger.warning("%r: dropped an iopub message: %s", self, exc)
+                    self._drops.record("iopub", str(exc))
                     continue
                 inc.iopub_seen.set()
                 msg_type = msg.msg_type
@@ -913,14 +995,14 @@ class KernelSession:
             self.set_status(SessionStatus.IDLE, reason, wake=False)
 
     async def _read_replies(self, inc: _Incarnation, channel: str) -> None:
-        sock = _socket_for(inc, channel)
-        deserializer = Deserializer(self._signer, ReplayWindow())
+        sock = _dealer(inc, channel)
+        deserializer = self._kernel_deserializer()
         while True:
             frames = await sock.receive_multipart()
             try:
                 msg = deserializer.receive_frames(frames)
             except RemoteProtocolError as exc:
-                logger.warning("%r: dropped a %s message: %s", self, channel, exc)
+                self._drops.record(channel, str(exc))
                 continue
             waiter = inc.replies.get(msg.parent_msg_id or "")
             if waiter is not None:
@@ -933,25 +1015,17 @@ class KernelSession:
             if channel == "shell":
                 inc.last_shell_reply_to = msg.parent_msg_id
 
-    async def _monitor_heartbeat(self, inc: _Incarnation) -> None:
+    def _kernel_deserializer(self) -> Deserializer:
+        accept_unsigned = self.policy.allow_unsigned_messages
+        return Deserializer(self._signer, ReplayWindow(), accept_unsigned=accept_unsigned)
+
+    async def _monitor_heartbeat(
+        self, inc: _Incarnation, probe: AdoptedKernelProbe | None = None
+    ) -> None:
         assert inc.sockets is not None
-        before_offline = SessionStatus.IDLE
-        while True:
-            with trio.move_on_after(HEARTBEAT_TIMEOUT) as scope:
-                await heartbeat_once(inc.sockets.hb)
-            if scope.cancelled_caught:
-                if self.status is not SessionStatus.OFFLINE:
-                    before_offline = self.status
-                    logger.warning("%r: no heartbeat for %g s; offline", self, HEARTBEAT_TIMEOUT)
-                    self.set_status(SessionStatus.OFFLINE, "lost heartbeat")
-                continue
-            if self.status is SessionStatus.OFFLINE:
-                logger.info("%r: heartbeat is back", self)
-                back = (
-                    before_offline if before_offline is SessionStatus.BUSY else SessionStatus.IDLE
-                )
-                self.set_status(back, "heartbeat detected after offline")
-            await trio.sleep(HEARTBEAT_INTERVAL)
+        beat = (self._drops.flush_if_due,)
+        gone = inc.scope.cancel
+        await monitor_heartbeat(inc.sockets.hb, self, probe=probe, on_gone=gone, on_beat=beat)
 
     def _check_working_directory(self) -> None:
         pid = self.process_id
@@ -1006,7 +1080,7 @@ class KernelSession:
             content=content if isinstance(content, bytes) else orjson.dumps(content),
             buffers=buffers,
         )
-        sock = _socket_for(inc, channel)
+        sock = _dealer(inc, channel)
         lock = inc.send_lock
         try:
             lock.acquire_nowait()  # the usual case: no scheduler pass on the way in
@@ -1039,10 +1113,10 @@ class KernelSession:
         msg_type = header["msg_type"]
         inc = self._current
         if inc is None or inc.sockets is None:
-            logger.warning("%r: no kernel; dropping client %s", self, msg_type)
+            self.log.warning("no kernel; dropping client %s", msg_type)
             return
         if channel not in _CHANNELS_TO_KERNEL:
-            logger.warning("%r: dropping client %s on channel %r", self, msg_type, channel)
+            self.log.warning("dropping client %s on channel %r", msg_type, channel)
             return
         if msg_type == "execute_request":
             if not self.execution_queue.submit(message):
@@ -1070,7 +1144,7 @@ class KernelSession:
                 base64.b64decode(b, validate=True) for b in message.get("buffers") or ()
             )
         except (ValueError, TypeError):
-            logger.warning("%r: dropping a client message with invalid base64 buffers", self)
+            self.log.warning("dropping a client message with invalid base64 buffers")
             return
         try:
             await self._send_wire(
@@ -1085,7 +1159,62 @@ class KernelSession:
             )
         except TransportError as exc:
             # The kernel is going away; its exit is being handled elsewhere.
-            logger.warning("%r: could not send a client message to the kernel: %s", self, exc)
+            self.log.warning("could not send a client message to the kernel: %s", exc)
+
+    # ----------------------------------------------------- in-process requests
+
+    def watch(self, msg_id: str, watcher: RequestWatcher) -> None:
+        """Route the messages of request ``msg_id``, about to be sent from this process, to ``watcher``.
+
+        Call it right before :meth:`send_from_client` (no checkpoint between,
+        so the kernel cannot go away in between); :meth:`unwatch` when done.
+        Its iopub messages still reach the attached client too (iopub is
+        every frontend's), its reply only the watcher.
+
+        **Errors:** :class:`SessionStateError` (KS-3) when no kernel is
+        connected, so the request could not be sent.
+        """
+        inc = self._current
+        if inc is None or inc.sockets is None:
+            raise SessionStateError(
+                ErrorCode.SESSION_NOT_RUNNING,
+                f"Session {self.session_id} has no running kernel (status: {self.status.value})",
+                http_status=400,
+            )
+        self._watchers[msg_id] = watcher
+
+    def unwatch(self, msg_id: str) -> None:
+        """Stop routing ``msg_id``'s messages to its watcher (idempotent)."""
+        self._watchers.pop(msg_id, None)
+
+    async def cancel_execution(self, msg_id: str) -> None:
+        """Stop one ``execute_request`` without touching other clients' requests.
+
+        A request still waiting in the execution queue is withdrawn (the
+        client is told with ``executionsDropped``, reason ``cancelled``); the
+        one the kernel is running is interrupted, as :meth:`interrupt` would
+        (SIGINT or ``interrupt_request``), but the queue is kept. Otherwise
+        (finished, or no kernel) nothing happens.
+        """
+        await trio.lowlevel.checkpoint()
+        if self.execution_queue.withdraw(msg_id):
+            self.emit_event({"executionsDropped": {"msg_ids": [msg_id], "reason": "cancelled"}})
+            if (watcher := self._watchers.get(msg_id)) is not None:
+                watcher.drop("cancelled before it ran")
+            return
+        inc = self._current
+        if inc is None or not self.execution_queue.is_active(msg_id):
+            return
+        self.log.info("interrupting the kernel: its execution %s was cancelled", msg_id)
+        if self.spec.interrupt_mode == "signal":
+            if inc.process is not None and inc.process.returncode is None:
+                inc.process.interrupt()
+            return
+        # Our own request: its reply and busy/idle are not the client's.
+        interrupt_id = short_msg_id()
+        inc.internal.add(interrupt_id)
+        with contextlib.suppress(TransportError, SessionStateError):
+            await self._send_wire(inc, "control", "interrupt_request", {}, msg_id=interrupt_id)
 
     # ------------------------------------------------------- interrupt / kill
 
@@ -1182,13 +1311,12 @@ class KernelSession:
     ) -> None:
         try:
             if working_directory:
-                resolved = _resolve_directory(working_directory)
+                resolved = launch.resolve_directory(working_directory)
                 if resolved is not None:
                     self.working_directory = resolved
                 else:
-                    logger.warning(
-                        "%r: restart directory %s is not a directory; ignored",
-                        self,
+                    self.log.warning(
+                        "restart directory %s is not a directory; ignored",
                         working_directory,
                     )
             else:
@@ -1203,16 +1331,25 @@ class KernelSession:
     # ------------------------------------------------------------------ adopt
 
     async def adopt(self, info: ConnectionInfo) -> dict[str, Any]:
-        """Connect to a kernel someone else started (signed with the session key)."""
+        """Connect to a kernel someone else started, signing with the key in ``info``."""
         if self.is_running():
             raise SessionStateError(
                 ErrorCode.SESSION_RUNNING,
                 f"Session {self.session_id} is already connected to a kernel",
                 http_status=400,
             )
+        try:
+            signer = Signer(info.key.encode("ascii"), info.signature_scheme)
+        except (LocalProtocolError, UnicodeEncodeError) as exc:
+            raise KallichoreError(
+                ErrorCode.SESSION_CONNECTION_FAILED,
+                f"Cannot sign for the adopted kernel: {exc}",
+                http_status=400,
+            ) from None
         self._busy_starting = True
         try:
             with trio.CancelScope(shield=True):  # bounded by connection_timeout
+                self._signer = signer
                 result: dict[str, Any] = await self._nursery.start(self._run_adopted, info)
         finally:
             self._busy_starting = False
@@ -1224,7 +1361,6 @@ class KernelSession:
         *,
         task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        adopted = attrs.evolve(info, key=self.key)
         inc = _Incarnation(process=None)
         started = False
         failure: KallichoreError | None = None
@@ -1236,12 +1372,12 @@ class KernelSession:
                         with trio.fail_after(self.spec.connection_timeout):
                             inc.sockets = await stack.enter_async_context(
                                 open_kernel_sockets(
-                                    _endpoints(adopted),
+                                    _endpoints(info),
                                     identity=self.session_id.encode(),
                                 )
                             )
-                            monitor = inc.sockets.hb.raw.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-                            stack.callback(monitor.close, 0)
+                            monitor = monitor_events(inc.sockets.hb, zmq.EVENT_DISCONNECTED)
+                            stack.callback(monitor.close)
                             kernel_info = await self._connect(inc, nursery)
                     except trio.TooSlowError:
                         failure = KallichoreError(
@@ -1257,19 +1393,21 @@ class KernelSession:
                         )
                         nursery.cancel_scope.cancel()
                     else:
-                        self.connection_info = adopted
+                        self.connection_info = info
                         self._kernel_ready(kernel_info, extract_prompts=False)
                         inc.starting = False
                         started = True
                         task_status.started(kernel_info)
-                        nursery.start_soon(self._monitor_heartbeat, inc)
-                        await TrioZmqSocket(monitor).receive_multipart()
-                        logger.info("%r: the adopted kernel's sockets disconnected", self)
+                        probe = AdoptedKernelProbe(info)
+                        nursery.start_soon(probe.learn_process)
+                        nursery.start_soon(self._monitor_heartbeat, inc, probe)
+                        await monitor.receive_multipart()
+                        self.log.info("the adopted kernel's sockets disconnected")
                         nursery.cancel_scope.cancel()
         except Exception:
             if not started:
                 raise
-            logger.exception("%r: internal error; disconnecting the adopted kernel", self)
+            self.log.exception("internal error; disconnecting the adopted kernel")
         finally:
             inc.exit_code = 0
             if started:
@@ -1326,12 +1464,14 @@ class KernelSession:
                     polite=polite,
                     polite_grace=SHUTDOWN_POLITE_GRACE,
                     term_grace=SHUTDOWN_TERM_GRACE,
+                    session_id=self.session_id,
                 )
             # A failed start keeps its buffered frames (Kallichore drains them):
             # the output is also in the startup error, but nothing is lost.
             self._finish(inc, "child process exited")
 
     def _finish(self, inc: _Incarnation, reason: str) -> None:
+        self._drops.flush()
         if inc.sockets is not None:
             inc.sockets.close()
         self._release(inc)
@@ -1341,6 +1481,8 @@ class KernelSession:
         self._resource_procs.clear()
         self.set_status(SessionStatus.EXITED, reason)
         self.emit_event({"exited": inc.exit_code if inc.exit_code is not None else -1})
+        for watcher in list(self._watchers.values()):
+            watcher.drop("the kernel exited")
         inc.done.set()
 
     def _release(self, inc: _Incarnation) -> None:
@@ -1413,23 +1555,9 @@ def _output_emitter(session: KernelSession, inc: _Incarnation) -> Callable[[str,
     return emit
 
 
-def _socket_for(inc: _Incarnation, channel: str) -> TrioZmqSocket:
-    """The DEALER socket for a channel we may send on and read replies from."""
-    sockets = inc.sockets
-    assert sockets is not None
-    if channel == "shell":
-        return sockets.shell
-    if channel == "control":
-        return sockets.control
-    if channel == "stdin":
-        return sockets.stdin
-    raise LocalProtocolError(f"no kernel socket to send on for channel {channel!r}")
-
-
-def _resolve_directory(path: str) -> str | None:
-    """``~``-expanded, canonical ``path`` if it is a directory, else ``None``."""
-    resolved = os.path.expanduser(path)
-    return os.path.realpath(resolved) if os.path.isdir(resolved) else None
+def _dealer(inc: _Incarnation, channel: str) -> TrioZmqSocket:
+    assert inc.sockets is not None
+    return inc.sockets.dealer(channel)
 
 
 def _execution_state(msg: WireMessage) -> str | None:
@@ -1439,17 +1567,6 @@ def _execution_state(msg: WireMessage) -> str | None:
         return None
     state = content.get("execution_state") if isinstance(content, dict) else None
     return state if isinstance(state, str) else None
-
-
-def _describe_status(code: int) -> str:
-    """``exit status: 1`` or ``signal: 9 (SIGKILL)``, as Kallichore words it."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            return f"signal: {-code}"
-        return f"signal: {-code} ({name})"
-    return f"exit status: {code}"
 
 
 def _endpoints(info: ConnectionInfo | None) -> dict[str, str]:

@@ -75,6 +75,7 @@ BEHAVIOURS: dict[str, type[int] | type[float] | None] = {
     "ignore-shutdown": None,  # reply to shutdown_request but never exit; ignore SIGTERM
     "no-kernel-info": None,  # never answer kernel_info_request
     "bad-signature": None,  # sign every outgoing message with a wrong key
+    "unsigned": None,  # send every message with an empty signature
     "stall-heartbeat-after": float,  # stop echoing heartbeats N seconds after binding
     "exit-on-start": int,  # print a line to stdout and stderr, exit CODE before binding
     "slow-start": float,  # sleep SECONDS before binding
@@ -112,6 +113,7 @@ class Behaviour:
     ignore_shutdown: bool = False
     no_kernel_info: bool = False
     bad_signature: bool = False
+    unsigned: bool = False
     stall_heartbeat_after: float | None = None
     exit_on_start: int | None = None
     slow_start: float = 0.0
@@ -194,6 +196,8 @@ class FakeKernel:
         self.interrupted = False  # set by interrupt_request / SIGINT, cleared by execute
         self._signer = Signer(key)
         self._out_signer = Signer(b"wrong-" + key) if behaviour.bad_signature else self._signer
+        if behaviour.unsigned:
+            self._out_signer = Signer(b"")
         self._deserializer = Deserializer(self._signer, ReplayWindow())
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:

@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -73,6 +75,7 @@ __all__ = [
     "TransportError",
     "TrioZmqSocket",
     "heartbeat_once",
+    "monitor_events",
     "open_kernel_sockets",
     "open_registration_socket",
     "wait_stdin_connected",
@@ -95,6 +98,9 @@ REGISTRATION_LINGER = 1000  # milliseconds
 _CLOSED_ERRNOS = frozenset({errno.ENOTSOCK, zmq.ETERM})
 
 _T = TypeVar("_T")
+
+# Numbers the monitors' inproc endpoints (see _monitor_address).
+_monitor_ids = itertools.count()
 
 
 class TransportError(Exception):
@@ -470,12 +476,56 @@ class KernelSockets:
     def __iter__(self) -> Iterator[TrioZmqSocket]:
         return iter((self.shell, self.control, self.stdin, self.iopub, self.hb))
 
+    def dealer(self, channel: str) -> TrioZmqSocket:
+        """The DEALER of ``channel`` (``shell``, ``control`` or ``stdin``).
+
+        **Errors:** ``ValueError`` for any other channel.
+        """
+        if channel == "shell":
+            return self.shell
+        if channel == "control":
+            return self.control
+        if channel == "stdin":
+            return self.stdin
+        raise ValueError(f"no kernel socket to send on for channel {channel!r}")
+
     def close(self) -> None:
         """Close all five sockets (idempotent)."""
         for sock in self:
             sock.close()
         if self.stdin_monitor is not None:
             self.stdin_monitor.close()
+
+
+def _monitor_address() -> str:
+    """An inproc endpoint for a socket monitor, unique in this process.
+
+    pyzmq's default name is built from the monitored socket's notification
+    fd, and fds are reused as soon as a socket is closed, while libzmq unbinds
+    a closed socket's monitor endpoint later, on its reaper thread: a new
+    monitor could then fail with ``EADDRINUSE`` or meet a stale one.
+    """
+    return f"inproc://kallichore-monitor-{os.getpid()}-{next(_monitor_ids)}"
+
+
+def _open_monitor(sock: zmq.Socket[bytes], events: int) -> zmq.Socket[bytes]:
+    """A PAIR socket receiving ``events`` of ``sock`` (``LINGER = 0``)."""
+    monitor = sock.get_monitor_socket(events, addr=_monitor_address())
+    monitor.setsockopt(zmq.LINGER, 0)
+    return monitor
+
+
+def monitor_events(sock: TrioZmqSocket, events: int) -> TrioZmqSocket:
+    """A socket that receives ``sock``'s ZeroMQ monitor ``events``.
+
+    Create it before any task waits on ``sock`` (see :attr:`TrioZmqSocket.raw`);
+    close it before ``sock``. Parse what it receives with
+    :func:`zmq.utils.monitor.parse_monitor_message`.
+
+    **Errors:** :class:`TransportError` if ZeroMQ refuses the monitor.
+    """
+    with _map_exceptions():
+        return TrioZmqSocket(_open_monitor(sock.raw, events))
 
 
 def _connected_socket(
@@ -494,7 +544,7 @@ def _connected_socket(
         for option, value in options:
             sock.setsockopt(option, value)
         if monitor_events:
-            monitor = sock.get_monitor_socket(monitor_events)
+            monitor = _open_monitor(sock, monitor_events)
         sock.connect(endpoint)
     except BaseException:
         if monitor is not None:

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.integration.helpers import kill_tree, marked_processes
+from tests.integration.server_process import ServerFactory, short_tempdir
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Starts servers for one test; every one is stopped (killed if need be) after it."""
+    servers = ServerFactory(tmp_path / "servers")
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A fresh directory short enough for Unix socket paths."""
+    with short_tempdir() as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

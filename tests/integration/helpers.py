@@ -27,12 +27,22 @@ __all__ = [
     "MARKER_VAR",
     "REPO_ROOT",
     "HttpResult",
+    "KernelDroppedOutputWarning",
     "KernelServer",
     "kill_tree",
     "marked_processes",
     "session_body",
     "wait_for",
 ]
+
+
+class KernelDroppedOutputWarning(UserWarning):
+    """A kernel's own IOPub socket dropped messages (not an error of ours).
+
+    Shown, not raised: ``pyproject.toml`` lets this category through its
+    warnings-are-errors rule. See ``docs/channels.md``.
+    """
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -149,10 +159,13 @@ def kill_tree(procs: list[psutil.Process]) -> None:
 class KernelServer:
     """One real ``python -m kallichore serve`` process over TCP."""
 
-    def __init__(self, workdir: str, marker: str, *, token: str | None = None) -> None:
+    def __init__(
+        self, workdir: str, marker: str, *, token: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = workdir
         self.marker = marker
         self.token = token
+        self.args = args  # extra `serve` flags
         self.name = uuid.uuid4().hex[:8]
         self.connection_file = os.path.join(workdir, f"server-{self.name}.json")
         self.log_path = os.path.join(workdir, f"server-{self.name}.log")
@@ -189,6 +202,7 @@ class KernelServer:
             self.connection_file,
             "--token",
             self._token_file() if self.token is not None else "none",
+            *self.args,
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(

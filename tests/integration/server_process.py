@@ -56,9 +56,13 @@ _POLL = 0.02  # seconds
 def server_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """The environment for a server: ours, without ``RUST_LOG``, able to import kallichore.
 
+    Settings a developer may have exported (``KALLICHORE_*``, a
+    ``kallichore.toml`` in their Jupyter config directory) are left out, so
+    the server sees only the flags and ``overrides`` a test gives it.
     ``overrides`` maps names to values; ``None`` removes the variable.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KALLICHORE_")}
+    env["KALLICHORE_CONFIG"] = "none"
     env.pop("RUST_LOG", None)
     pythonpath = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
@@ -70,20 +74,24 @@ def server_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, s
     return env
 
 
-def server_command(*args: str) -> list[str]:
-    """``python -m kallichore serve <args>`` with this interpreter."""
-    return [sys.executable, "-m", "kallichore", "serve", *args]
+def server_command(*args: str, subcommand: str = "serve") -> list[str]:
+    """``python -m kallichore serve <args>`` (or another subcommand) with this interpreter."""
+    return [sys.executable, "-m", "kallichore", subcommand, *args]
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str | None] | None = None, timeout: float = STOP_TIMEOUT
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = STOP_TIMEOUT,
+    subcommand: str = "serve",
 ) -> subprocess.CompletedProcess[str]:
-    """Run the server CLI to completion (for invocations that must exit by themselves).
+    """Run the server CLI (or ``subcommand``, say ``client``) to completion.
 
-    ``subprocess.run`` kills the process if it outlives ``timeout``.
+    For invocations that must exit by themselves: ``subprocess.run`` kills
+    the process if it outlives ``timeout``.
     """
     return subprocess.run(
-        server_command(*args),
+        server_command(*args, subcommand=subcommand),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -272,8 +280,15 @@ class ServerProcess:
     """One server subprocess; stdout and stderr go to files (no pipe can fill up)."""
 
     def __init__(
-        self, args: Sequence[str], *, workdir: Path, env: Mapping[str, str | None] | None = None
+        self,
+        args: Sequence[str],
+        *,
+        workdir: Path,
+        env: Mapping[str, str | None] | None = None,
+        command: Sequence[str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        """Start ``python -m kallichore serve <args>``, or ``command`` if given."""
         self.args = list(args)
         workdir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="server-", suffix=".out", dir=workdir)
@@ -284,7 +299,8 @@ class ServerProcess:
         self._stderr: TextIO = open(self.stderr_path, "w")  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
-                server_command(*args),
+                list(command) if command is not None else server_command(*args),
+                pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 stdout=self._stdout,
                 stderr=self._stderr,
@@ -398,8 +414,16 @@ class ServerFactory:
         self.workdir = workdir
         self.servers: list[ServerProcess] = []
 
-    def start(self, *args: str, env: Mapping[str, str | None] | None = None) -> ServerProcess:
-        server = ServerProcess(args, workdir=self.workdir, env=env)
+    def start(
+        self,
+        *args: str,
+        env: Mapping[str, str | None] | None = None,
+        command: Sequence[str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> ServerProcess:
+        server = ServerProcess(
+            args, workdir=self.workdir, env=env, command=command, pass_fds=pass_fds
+        )
         self.servers.append(server)
         return server
 

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -44,6 +45,7 @@ from wsproto.events import (
 from tests.integration.helpers import (
     MARKER_VAR,
     REPO_ROOT,
+    KernelDroppedOutputWarning,
     session_body,
 )
 from tests.integration.server_process import UnixHTTPConnection
@@ -175,10 +177,13 @@ async def call(
 
 
 @contextlib.asynccontextmanager
-async def running_session(server: ChannelServer, prefix: str = "ch") -> AsyncIterator[str]:
+async def running_session(
+    server: ChannelServer, prefix: str = "ch", argv: list[str] | None = None
+) -> AsyncIterator[str]:
     """A started ipykernel session, killed and deleted afterwards."""
     sid = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    status, body = await call(server, "PUT", "/sessions", session_body(sid))
+    body = session_body(sid) if argv is None else session_body(sid, argv=argv)
+    status, body = await call(server, "PUT", "/sessions", body)
     assert status == 200, body
     status, body = await call(server, "POST", f"/sessions/{sid}/start")
     assert status == 200, body
@@ -193,6 +198,22 @@ async def running_session(server: ChannelServer, prefix: str = "ch") -> AsyncIte
 @pytest.fixture
 async def session_id(server: ChannelServer) -> AsyncIterator[str]:
     async with running_session(server) as sid:
+        yield sid
+
+
+#: An ipykernel that records what its IOPub socket drops (see counting_kernel.py).
+COUNTING_KERNEL = [
+    sys.executable,
+    "-m",
+    "tests.integration.counting_kernel",
+    "-f",
+    "{connection_file}",
+]
+
+
+@pytest.fixture
+async def counting_session_id(server: ChannelServer) -> AsyncIterator[str]:
+    async with running_session(server, "cnt", COUNTING_KERNEL) as sid:
         yield sid
 
 
@@ -250,7 +271,10 @@ class Client:
                     if done(frame):
                         return seen
         except trio.TooSlowError:
-            raise AssertionError(f"no expected frame within {limit:g} s; got {seen!r}") from None
+            raise AssertionError(
+                f"no expected frame within {limit:g} s; got {len(seen)} frames, "
+                f"the last ones: {seen[-3:]!r}"
+            ) from None
 
     async def leave(self, limit: float = FRAME_TIMEOUT) -> list[dict[str, Any]]:
         """Say goodbye (empty frame); return what arrives until the server closes."""
@@ -492,6 +516,58 @@ def printed_at_least(n: int) -> Callable[[dict[str, Any]], bool]:
     return check
 
 
+def _sequence_number(msg_id: str) -> int:
+    """The kernel's message counter in a jupyter_client ``msg_id`` (``{session}_{pid}_{n}``)."""
+    return int(msg_id.rsplit("_", 1)[1])
+
+
+async def assert_kernel_output_arrived(
+    client: Client, frames: list[dict[str, Any]], request: dict[str, Any], expected: list[str]
+) -> None:
+    """Assert that every stdout message the counting kernel sent reached us, in order.
+
+    The kernel's IOPub socket may drop messages at its send high-water mark
+    (see ``docs/channels.md``); the counting kernel records each one. So the
+    received messages and the recorded ones, put in the kernel's own order
+    (its message counter), must make up the whole output -- a message that
+    left the kernel and went missing after it fails the test -- and the
+    received ones must have arrived in that order. Drops at the kernel are
+    reported as a warning.
+    """
+    assert not [f for f in frames if "outputDropped" in f]
+    received = [
+        (_sequence_number(f["header"]["msg_id"]), f["content"]["text"])
+        for f in of_type(frames, "stream")
+        if f["content"]["name"] == "stdout"
+        and (f.get("parent_header") or {}).get("msg_id") == msg_id(request)
+    ]
+    arrival = [number for number, _ in received]
+    assert arrival == sorted(set(arrival)), "stream messages out of order or repeated"
+    report = stdout_of(
+        await run(
+            client,
+            "import ipykernel.iostream as m, json\n"
+            "print(json.dumps([m.IOPubThread.kc_dropped, m.IOPubThread.kc_stalls]))",
+        )
+    )
+    dropped, stalls = json.loads(report)
+    refused = [
+        (_sequence_number(i), text)
+        for i, kind, parent, name, text in dropped
+        if kind == "stream" and name == "stdout" and parent == msg_id(request)
+    ]
+    assert not set(arrival) & {number for number, _ in refused}
+    text = "".join(t for _, t in sorted(received + refused))
+    assert text.split() == expected, "output lost between the kernel's socket and the client"
+    if dropped:
+        warnings.warn(
+            f"the kernel's IOPub socket dropped {len(dropped)} messages at its send "
+            f"high-water mark (TCP queues and I/O thread states, first bursts: {stalls[:5]})",
+            KernelDroppedOutputWarning,
+            stacklevel=2,
+        )
+
+
 async def run(client: Client, code: str, limit: float = FRAME_TIMEOUT) -> list[dict[str, Any]]:
     request = execute(code)
     await client.send(request)
@@ -613,18 +689,18 @@ LOOP_2000 = "import time\nfor i in range(2000):\n    print(i, flush=True)\n    t
 
 
 async def test_disconnect_mid_output_and_reconnect_loses_nothing(
-    server: ChannelServer, session_id: str, nursery: trio.Nursery
+    server: ChannelServer, counting_session_id: str, nursery: trio.Nursery
 ) -> None:
-    client = await connect(server, session_id, nursery)
+    client = await connect(server, counting_session_id, nursery)
     request = execute(LOOP_2000)
     await client.send(request)
     first = await client.until(printed_at_least(200))
     first += await client.leave()
     assert not any(is_idle_for(msg_id(request))(f) for f in first), "disconnected too late"
-    second_client = await connect(server, session_id, nursery)
+    second_client = await connect(server, counting_session_id, nursery)
     second = await second_client.until(is_idle_for(msg_id(request)), 30)
-    text = stdout_of(first, msg_id(request)) + stdout_of(second, msg_id(request))
-    assert text.split() == [str(i) for i in range(2000)]
+    expected = [str(i) for i in range(2000)]
+    await assert_kernel_output_arrived(second_client, first + second, request, expected)
     await second_client.leave()
 
 
@@ -668,16 +744,18 @@ async def test_connected_follows_attach_and_detach(
     assert await connected() == (False, None)
 
 
-@pytest.mark.time_limit(60)
+# ipykernel sends one message per flushed print, waiting for each: on two
+# busy cores that is as slow as 300 lines a second.
+@pytest.mark.time_limit(150)
 async def test_twenty_thousand_prints_arrive_in_order(
-    server: ChannelServer, session_id: str, nursery: trio.Nursery
+    server: ChannelServer, counting_session_id: str, nursery: trio.Nursery
 ) -> None:
-    client = await connect(server, session_id, nursery)
+    client = await connect(server, counting_session_id, nursery)
     request = execute("for i in range(20000):\n    print(i, flush=True)")
     await client.send(request)
-    frames = await client.until(is_idle_for(msg_id(request)), 55)
-    assert not [f for f in frames if "outputDropped" in f]
-    assert stdout_of(frames, msg_id(request)).split() == [str(i) for i in range(20000)]
+    frames = await client.until(is_idle_for(msg_id(request)), 120)
+    expected = [str(i) for i in range(20000)]
+    await assert_kernel_output_arrived(client, frames, request, expected)
     await client.leave()
 
 
@@ -760,7 +838,8 @@ async def test_unknown_session_is_400_and_does_not_kick_the_client(
     }
     # Without the token: 401 before anything else.
     status, body = await trio.to_thread.run_sync(lambda: attempt(session_id, Authorization=""))
-    assert (status, body) == (401, b"")
+    assert status == 401
+    assert json.loads(body)["code"] == "401"
     # A plain GET is a clean 400.
     status, body = await call(server, "GET", f"/sessions/{session_id}/channels")
     assert status == 400

@@ -101,10 +101,12 @@ def start_with_connection_file(
     return Running(server, details, Endpoint.from_details(details), connection_file)
 
 
-def assert_empty(reply: Reply) -> None:
-    """A body-less response: no bytes and no Content-Type (section 2.1)."""
-    assert reply.body == b"", reply
-    assert reply.content_type is None, reply
+def assert_error_body(reply: Reply, code: str) -> None:
+    """An ``error`` body (Kallichore sends 401, 404 and 405 with none; docs/sessions.md)."""
+    assert reply.content_type == "application/json", reply
+    error = reply.json()
+    assert error["code"] == code, reply
+    assert error["message"], reply
 
 
 def assert_error_exit(result: Any, fragment: str) -> None:
@@ -133,15 +135,6 @@ def poll_configuration(
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def factory(tmp_path: Path) -> Iterator[ServerFactory]:
-    servers = ServerFactory(tmp_path / "servers")
-    try:
-        yield servers
-    finally:
-        servers.close()
-
-
 @pytest.fixture(scope="module")
 def module_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
     servers = ServerFactory(tmp_path_factory.mktemp("servers"))
@@ -149,12 +142,6 @@ def module_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerF
         yield servers
     finally:
         servers.close()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    with short_tempdir() as path:
-        yield path
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +221,7 @@ def test_help_exits_0() -> None:
         "--token",
         "--log-file",
         "--log-level",
+        "--log-format",
         "--connection-file",
         "--handshake-socket",
         "--idle-shutdown-hours",
@@ -256,6 +244,7 @@ def test_help_exits_0() -> None:
         (["--max-message-size", "abc"], "--max-message-size"),
         (["--max-message-size", "10"], "--max-message-size"),
         (["--client-buffer-size", "-5"], "--client-buffer-size"),
+        (["--log-format", "xml"], "--log-format"),
     ],
     ids=[
         "unknown-flag",
@@ -266,6 +255,7 @@ def test_help_exits_0() -> None:
         "message-size-abc",
         "message-size-tiny",
         "buffer-negative",
+        "log-format-xml",
     ],
 )
 def test_usage_errors_exit_2(args: list[str], mentions: str, tmp_path: Path) -> None:
@@ -333,6 +323,9 @@ def test_tcp_connection_file(tcp_server: Running) -> None:
     assert details["log_path"] is None
     assert details["server_pid"] == tcp_server.server.pid
     assert os.path.isabs(details["server_path"])
+    # Run as `python -m kallichore serve`, yet still a program one can run.
+    assert os.access(details["server_path"], os.X_OK), details["server_path"]
+    assert not details["server_path"].endswith(".py")
     assert isinstance(details["server_id"], str)
     assert details["server_id"]
 
@@ -365,16 +358,17 @@ def test_process_name_is_kcserver(tcp_server: Running) -> None:
     assert first_line == "Name:\tkcserver"
 
 
-def test_unknown_path_is_404_empty(tcp_server: Running) -> None:
+def test_unknown_path_is_404_with_an_error_body(tcp_server: Running) -> None:
     reply = tcp_server.endpoint.request("GET", "/no/such/path")
     assert reply.status == 404
-    assert_empty(reply)
+    assert_error_body(reply, "404")
 
 
-def test_wrong_method_is_405_empty(tcp_server: Running) -> None:
+def test_wrong_method_is_405_with_an_error_body(tcp_server: Running) -> None:
     reply = tcp_server.endpoint.request("DELETE", "/status")
     assert reply.status == 405
-    assert_empty(reply)
+    assert_error_body(reply, "405")
+    assert reply.headers["allow"] == "GET, HEAD"
 
 
 def test_sessions_list_is_empty(tcp_server: Running) -> None:
@@ -522,7 +516,7 @@ def test_protected_endpoints_reject_bad_tokens(
 ) -> None:
     reply = token_server.running.endpoint.request(method, path, body, authorization=authorization)
     assert reply.status == 401, reply
-    assert_empty(reply)
+    assert_error_body(reply, "401")
     # Still alive: a rejected /shutdown must not stop the server.
     assert token_server.running.server.returncode is None
 
@@ -576,7 +570,10 @@ def test_bad_token_file_exits_1(content: str | None, tmp_path: Path) -> None:
     assert not conn.exists()
 
 
-def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
+def start_logging_to_file(
+    factory: ServerFactory, tmp_path: Path, *args: str
+) -> tuple[Running, Path]:
+    """A TCP server with token :data:`SECRET` and ``--log-file``; ``(server, log file)``."""
     token_file = tmp_path / "token"
     token_file.write_text(f"  {SECRET}\n")
     log_file = tmp_path / "server.log"
@@ -587,11 +584,15 @@ def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
         "tcp",
         "--token",
         str(token_file),
-        "--log-level",
-        "trace",
         "--log-file",
         str(log_file),
+        *args,
     )
+    return running, log_file
+
+
+def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
+    running, log_file = start_logging_to_file(factory, tmp_path, "--log-level", "trace")
     assert running.details["log_path"] == str(log_file)
     assert log_file.exists()
     endpoint = running.endpoint
@@ -608,6 +609,50 @@ def test_token_never_logged(factory: ServerFactory, tmp_path: Path) -> None:
     assert log.strip(), "the trace-level log file is empty"
     assert SECRET not in log
     assert SECRET not in running.server.stdout() + running.server.stderr()
+
+
+ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_text_log_lines_are_dated_and_requests_are_logged(
+    factory: ServerFactory, tmp_path: Path
+) -> None:
+    running, log_file = start_logging_to_file(factory, tmp_path)
+    assert running.endpoint.request("GET", "/status").status == 200
+    assert running.endpoint.request("POST", "/shutdown").status == 200
+    assert running.server.wait() == 0
+    lines = log_file.read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert re.match(rf"{ISO_TIME} \[(TRACE|DEBUG|INFO|WARNING|ERROR)\] ", line), line
+    assert any(re.search(r"\[INFO\] kallichore\.access: GET /status 200 ", x) for x in lines)
+
+
+def test_json_log_format(factory: ServerFactory, tmp_path: Path) -> None:
+    running, log_file = start_logging_to_file(factory, tmp_path, "--log-format", "json")
+    endpoint = running.endpoint
+    assert endpoint.request("GET", f"/status?token={SECRET}").status == 200
+    assert endpoint.request("GET", "/sessions", authorization="Bearer nope-nope").status == 401
+    assert endpoint.request("POST", "/shutdown").status == 200
+    assert running.server.wait() == 0
+    text = log_file.read_text()
+    assert SECRET not in text
+    assert "nope-nope" not in text
+    entries = [json.loads(line) for line in text.splitlines()]
+    for entry in entries:
+        assert re.fullmatch(ISO_TIME, entry["time"]), entry
+        assert {"level", "logger", "message"} <= entry.keys(), entry
+    access = [e for e in entries if e["logger"] == "kallichore.access"]
+    assert [(e["method"], e["path"], e["status"], e["level"]) for e in access] == [
+        ("GET", "/status?token=***", 200, "INFO"),
+        ("GET", "/sessions", 401, "WARNING"),
+        ("POST", "/shutdown", 200, "INFO"),
+    ]
+    assert all(isinstance(e["duration_ms"], float) for e in access)
+    # The server's own stdout (the banner) is not the log; the log on stdout is JSON too.
+    stdout_lines = [x for x in running.server.stdout().splitlines() if x.startswith("{")]
+    assert stdout_lines
+    assert all(json.loads(x)["time"] for x in stdout_lines)
 
 
 # --------------------------------------------------------------------------- bind and announce failures
@@ -658,6 +703,8 @@ def test_graceful_shutdown(
     assert elapsed < SHUTDOWN_BUDGET, f"took {elapsed:.1f} s"
     assert not os.path.exists(socket_path)
     assert list(sock_dir.iterdir()) == []
+    # It held the token: a clean exit removes it.
+    assert not running.connection_file.exists()
 
 
 # --------------------------------------------------------------------------- handshake socket

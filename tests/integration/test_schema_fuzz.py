@@ -25,9 +25,6 @@ What is adjusted, and why:
   ``GET /sessions/{id}/channels`` without ``Upgrade`` is the other
   documented 400: a WebSocket upgrade is not something the document's
   parameters can require.
-* Schemathesis's ``unsupported_method`` also requires ``Allow`` on a 405.
-  That header is being added on another branch; until it is merged, exactly
-  that failure of that check is let through (``undeclared_method_refused``).
 * ``POST /shutdown`` ends the server, so it has a test of its own.
 * ``idle_shutdown_hours`` is put back after every configuration change, or
   a generated ``0`` would stop the server half way through the run.
@@ -47,11 +44,10 @@ import hypothesis
 import pytest
 import schemathesis
 from schemathesis.checks import CheckContext
-from schemathesis.openapi.checks import RejectedPositiveData, UnsupportedMethodResponse
+from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import (
     ignored_auth,
     positive_data_acceptance,
-    unsupported_method,
 )
 
 from kallichore.testing.fake_kernel import fake_kernel_argv
@@ -185,26 +181,9 @@ def valid_data_accepted(ctx: CheckContext, response: Any, case: schemathesis.Cas
     )
 
 
-def undeclared_method_refused(
-    ctx: CheckContext, response: Any, case: schemathesis.Case
-) -> bool | None:
-    """Schemathesis's ``unsupported_method``, less the missing ``Allow`` on 405.
-
-    The 405 responses get their ``Allow`` header on another branch; until
-    that is merged, exactly that failure is let through (every other part of
-    the check still runs).
-    """
-    try:
-        return unsupported_method(ctx, response, case)
-    except UnsupportedMethodResponse as failure:
-        if response.status_code == 405 and failure.failure_reason == "missing_allow_header":
-            return None
-        raise
-
-
-#: Our replacements for two built-in checks (see the module docstring).
-EXCLUDED_CHECKS = [positive_data_acceptance, unsupported_method]
-ADDED_CHECKS = [valid_data_accepted, undeclared_method_refused]
+#: Our replacement for a built-in check (see the module docstring).
+EXCLUDED_CHECKS = [positive_data_acceptance]
+ADDED_CHECKS = [valid_data_accepted]
 
 
 def validate(case: schemathesis.Case, response: Any) -> None:

@@ -433,7 +433,42 @@ def test_startup_failure_reports_exit_code_and_output(server: KernelServer) -> N
     assert res.status == 200, res
     res = server.get("/sessions/boom")
     assert res.status == 404
-    assert res.body == b""
+    assert res.json()["code"] == "KS-1"
+
+
+def port_taken_argv(count_file: str, times: int) -> list[str]:
+    """A kernel whose shell port is taken before it binds it, the first ``times`` runs."""
+    module = "tests.integration.port_taken_kernel"
+    return [sys.executable, "-m", module, count_file, str(times), "-f", "{connection_file}"]
+
+
+def test_a_kernel_that_lost_a_port_race_is_started_again(
+    server: KernelServer, workdir: str
+) -> None:
+    count_file = os.path.join(workdir, f"runs-{uuid.uuid4().hex[:8]}")
+    server.create("port-race", argv=port_taken_argv(count_file, times=1))
+    res = server.post("/sessions/port-race/start")
+    assert res.status == 200, res
+    with open(count_file) as f:
+        assert f.read() == "2", "one failed start, one good one"
+    with kernel_client(server.connection_info("port-race")) as kc:
+        assert execute(kc, "print(6 * 7)").stdout == "42\n"
+    assert "taken before it could bind it" in server.log()
+    server.post("/sessions/port-race/kill")
+
+
+def test_a_port_race_lost_every_time_is_reported(server: KernelServer, workdir: str) -> None:
+    count_file = os.path.join(workdir, f"runs-{uuid.uuid4().hex[:8]}")
+    server.create("port-race-lost", argv=port_taken_argv(count_file, times=99))
+    res = server.post("/sessions/port-race-lost/start")
+    assert res.status == 500, res
+    body = res.json()
+    assert body["error"]["code"] == "KS-8", body
+    assert body["exit_code"] == 1, body
+    assert "Address already in use" in body["output"], body
+    with open(count_file) as f:
+        assert f.read() == "3", "bounded: three attempts"
+    server.wait_status("port-race-lost", "exited", 5)
 
 
 def test_connection_timeout_kills_the_process(server: KernelServer) -> None:
@@ -556,12 +591,12 @@ def test_start_and_delete_of_a_running_session_are_refused(
         ),
     ],
 )
-def test_unknown_session_is_404_with_empty_body(
+def test_unknown_session_is_404_ks1(
     server: KernelServer, method: str, path: str, body: Any
 ) -> None:
     res = server.request(method, path, body)
     assert res.status == 404, res
-    assert res.body == b""
+    assert res.json()["code"] == "KS-1", res
 
 
 def test_missing_working_directory_falls_back(server: KernelServer, workdir: str) -> None:

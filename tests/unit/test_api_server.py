@@ -95,17 +95,22 @@ async def test_api_version_is_configurable() -> None:
 async def test_every_other_endpoint_requires_the_token(
     client: Any, method: str, path: str, body: bytes | None
 ) -> None:
-    for headers in (
-        {},
-        {"Authorization": "Bearer wrong-token-0000"},
-        {"Authorization": f"Basic {TOKEN}"},
-        {"Authorization": TOKEN},
-        {"Authorization": f"Bearer {TOKEN}x"},
+    for headers, reason in (
+        ({}, "missing"),
+        ({"Authorization": "Bearer wrong-token-0000"}, "wrong"),
+        ({"Authorization": f"Basic {TOKEN}"}, "missing"),
+        ({"Authorization": TOKEN}, "missing"),
+        ({"Authorization": "Bearer "}, "missing"),
+        ({"Authorization": f"Bearer {TOKEN}x"}, "wrong"),
     ):
         status, data, response_headers = await request(client, method, path, body, headers)
         assert status == 401, headers
-        assert data == b""
-        assert "content-type" not in response_headers
+        assert response_headers["content-type"] == "application/json"
+        error = json.loads(data)
+        assert error["code"] == "401"
+        assert f"token {reason}" in error["message"], (headers, error)
+        assert TOKEN not in data.decode()
+        assert "wrong-token" not in data.decode()
     for scheme in ("Bearer", "bearer", "BEARER"):
         status, _, _ = await request(
             client, method, path, body, {"Authorization": f"{scheme}   {TOKEN}"}
@@ -121,18 +126,69 @@ async def test_no_token_mode_accepts_anything(method: str, path: str, body: byte
         assert status == 200
 
 
-async def test_unknown_paths_404_and_wrong_methods_405_with_empty_bodies(client: Any) -> None:
-    for method, path, expected in [
-        ("GET", "/nope", 404),
-        ("GET", "/status/", 404),
-        ("DELETE", "/status", 405),
-        ("PUT", "/shutdown", 405),
-        ("GET", "/shutdown", 405),
-        ("POST", "/status", 405),
+async def test_unknown_paths_404_and_wrong_methods_405_with_error_bodies(client: Any) -> None:
+    for method, path, expected, allow in [
+        ("GET", "/nope", 404, None),
+        ("GET", "/status/", 404, None),
+        ("DELETE", "/status", 405, "GET, HEAD"),
+        ("PUT", "/shutdown", 405, "POST"),
+        ("GET", "/shutdown", 405, "POST"),
+        ("POST", "/status", 405, "GET, HEAD"),
+        ("PATCH", "/sessions", 405, "GET, HEAD, PUT"),
+    ]:
+        for headers in (AUTH, {}):
+            status, body, response_headers = await request(client, method, path, headers=headers)
+            assert status == expected, (method, path)
+            assert response_headers["content-type"] == "application/json"
+            error = json.loads(body)
+            assert error["code"] == str(expected), error
+            assert path in error["message"], error
+            assert response_headers.get("allow") == allow, (method, path)
+            if allow is not None:
+                assert error["details"] == f"Allowed: {allow}"
+
+
+async def test_unknown_session_is_404_ks1_with_an_error_body(client: Any) -> None:
+    for method, path in [
+        ("GET", "/sessions/nobody"),
+        ("DELETE", "/sessions/nobody"),
+        ("POST", "/sessions/nobody/interrupt"),
+        ("GET", "/sessions/nobody/connection_info"),
     ]:
         status, body, headers = await request(client, method, path, headers=AUTH)
-        assert (status, body) == (expected, b""), (method, path)
-        assert "content-type" not in headers
+        assert status == 404, (method, path)
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body) == {"code": "KS-1", "message": "Session nobody not found"}
+
+
+async def test_websocket_upgrade_of_a_plain_route_is_400_with_an_error_body(
+    client: Any,
+) -> None:
+    from quart.testing import WebsocketResponseError
+
+    with pytest.RaisesGroup(WebsocketResponseError, flatten_subgroups=True) as caught:
+        async with client.websocket("/status", headers=AUTH) as ws:
+            await ws.receive()
+    error: BaseException = caught.value
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, WebsocketResponseError)
+    response = error.response
+    assert response.status_code == 400
+    assert json.loads(await response.get_data()) == {
+        "code": "400",
+        "message": "/status does not accept WebSocket upgrades",
+    }
+
+
+async def test_oversized_body_is_413_with_an_error_body(client: Any) -> None:
+    status, body, _ = await request(
+        client, "POST", "/client_heartbeat", b" " * (64 * 1024 * 1024 + 1), AUTH
+    )
+    assert status == 413
+    error = json.loads(body)
+    assert error["code"] == "413"
+    assert "Too Large" in error["message"]  # the phrase's wording varies by Python version
 
 
 async def test_query_strings_are_ignored(client: Any) -> None:

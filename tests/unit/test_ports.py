@@ -7,7 +7,13 @@ import socket
 import pytest
 
 from kallichore.supervisor import ports as ports_module
-from kallichore.supervisor.ports import PortPickError, PortReservations, ephemeral_port_range
+from kallichore.supervisor.ports import (
+    DYNAMIC_RANGE_START,
+    PortPickError,
+    PortReservations,
+    ephemeral_port_range,
+    is_port_conflict,
+)
 
 
 def test_ports_are_distinct_free_and_outside_the_ephemeral_range() -> None:
@@ -16,6 +22,7 @@ def test_ports_are_distinct_free_and_outside_the_ephemeral_range() -> None:
     picked = [p for _ in range(20) for p in reservations.reserve(5)]
     assert len(set(picked)) == 100, "never the same port twice while reserved"
     assert not [p for p in picked if low <= p <= high]
+    assert max(picked) < DYNAMIC_RANGE_START, "pyzmq's random ports live up there"
     assert len(reservations) == 100
     for port in picked[:5]:
         with socket.socket() as sock:
@@ -53,3 +60,18 @@ def test_running_out_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     reservations = PortReservations()
     with pytest.raises(PortPickError, match="found only 1 of 2"):
         reservations.reserve(2)
+
+
+def test_a_failed_bind_is_recognised_in_kernel_output() -> None:
+    ipykernel = (
+        "Traceback (most recent call last):\n"
+        "zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:23456')\n"
+    )
+    assert is_port_conflict(ipykernel)
+    assert is_port_conflict(
+        'Error: Os { code: 98, kind: AddrInUse, message: "Address already in use" }'
+    )
+    assert is_port_conflict("bind: EADDRINUSE")
+    assert not is_port_conflict("ModuleNotFoundError: No module named 'ipykernel'")
+    assert not is_port_conflict("")
+    assert not is_port_conflict(None)

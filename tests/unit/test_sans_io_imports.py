@@ -1,8 +1,11 @@
 """The sans-io layer stays sans-io: no event loop, sockets or web framework.
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
-``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``)
-and the client envelope encoder (``session/envelope.py``), and fails on an import of trio, zmq, quart, quart_trio
+``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution
+result builder (``api/execution.py``), the client envelope encoder (``session/envelope.py``),
+the flag layering (``settings.py``, ``flag_values.py``) and the kernel policy
+(``supervisor/policy.py``, ``supervisor/dropped_messages.py``), and fails on an import of trio,
+zmq, quart, quart_trio
 or hypercorn -- at module level or inside a function, absolute or relative.
 ``kallichore/__init__.py`` is checked too: it runs whenever any of these modules
 is imported, so a trio import there would leak into the sans-io layer.
@@ -26,7 +29,12 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "errors.py",
         PACKAGE_ROOT / "__init__.py",
         PACKAGE_ROOT / "api" / "ws_frames.py",
+        PACKAGE_ROOT / "api" / "execution.py",
         PACKAGE_ROOT / "session" / "envelope.py",
+        PACKAGE_ROOT / "settings.py",
+        PACKAGE_ROOT / "flag_values.py",
+        PACKAGE_ROOT / "supervisor" / "policy.py",
+        PACKAGE_ROOT / "supervisor" / "dropped_messages.py",
     ]
 )
 

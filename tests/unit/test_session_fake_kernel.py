@@ -33,6 +33,7 @@ import kallichore
 from kallichore.api.envelope import client_message, execute_content
 from kallichore.errors import SessionStateError, StartupError
 from kallichore.session.state import SessionStatus
+from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 from kallichore.supervisor.session import (
     SHUTDOWN_POLITE_GRACE,
@@ -299,7 +300,8 @@ async def test_no_kernel_info_times_out_with_ks7_and_kills_the_kernel(
     began = trio.current_time()
     with pytest.raises(StartupError) as caught:
         await session.start()
-    assert trio.current_time() - began < 3.5
+    # The session's 2 s bound ended the wait, not the 10 s default.
+    assert trio.current_time() - began < 8.0
     assert caught.value.code.value == "KS-7"
     assert caught.value.exit_code == 130
     assert "listening on" in (caught.value.output or "")
@@ -326,14 +328,46 @@ async def test_bad_signature_replies_are_dropped_and_start_times_out(
     assert not _fake_kernels([session.session_id])
 
 
+async def test_unsigned_kernel_messages_are_dropped_by_default(
+    make_session: Callable[..., KernelSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kallichore.supervisor.session")
+    session = make_session("unsigned", connection_timeout=2)
+    with pytest.raises(StartupError) as caught:
+        await session.start()
+
+    assert caught.value.code.value == "KS-7"
+    drops = [r.getMessage() for r in caplog.records if "unsigned message" in r.getMessage()]
+    assert drops, "the drop is not in the log"
+    assert "--allow-unsigned-kernel-messages" in drops[0]
+    # Summarised, not one line per message (kernel_info is retried every 0.25 s).
+    assert len(drops) <= 2, drops
+    assert not _fake_kernels([session.session_id])
+
+
+async def test_unsigned_kernel_messages_are_accepted_when_allowed(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    registry.kernel_policy = KernelPolicy(allow_unsigned_messages=True)
+    session = make_session("unsigned")
+    frames = Frames(session)
+    await session.start()
+    request = execute_request("hello")
+    await session.send_from_client(request)
+    await frames.wait_for(is_idle(msg_id(request)))
+    assert [s["content"]["text"] for s in frames.jupyter("stream")] == ["hello"]
+    await session.shutdown()
+
+
 async def test_exit_on_start_reports_ks8_with_exit_code_and_output(
     make_session: Callable[..., KernelSession],
 ) -> None:
-    session = make_session("exit-on-start 3")
+    session = make_session("exit-on-start 3", connection_timeout=30)
     began = trio.current_time()
     with pytest.raises(StartupError) as caught:
         await session.start()
-    assert trio.current_time() - began < 2.0
+    # Reported when the kernel exits, long before the 30 s connection timeout.
+    assert trio.current_time() - began < 15.0
 
     error = caught.value
     assert error.code.value == "KS-8"
@@ -355,7 +389,8 @@ async def test_a_kernel_that_never_binds_times_out_in_the_right_phase(
     began = trio.current_time()
     with pytest.raises(StartupError) as caught:
         await session.start()
-    assert trio.current_time() - began < 2.5
+    # The 1 s bound ended the wait, well before the kernel would bind (10 s).
+    assert trio.current_time() - began < 8.0
     assert caught.value.code.value == code
     assert session.status is SessionStatus.EXITED
     assert not _fake_kernels([session.session_id])
@@ -438,6 +473,48 @@ async def test_kernel_exit_after_start_is_reported(
     assert session.status is SessionStatus.EXITED
     assert session.process_id is None
     assert session.to_json()["execution_queue"] == {"length": 0, "pending": []}
+
+
+async def test_a_kernel_dying_while_busy_is_a_warning_naming_the_session(
+    make_session: Callable[..., KernelSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kallichore.supervisor.session")
+    session = make_session()
+    frames = Frames(session)
+    await session.start()
+    pid = session.process_id
+    await session.send_from_client(execute_request("exit 7"))
+    with trio.fail_after(5):
+        await frames.wait_for(lambda f: f["kind"] == "kernel" and "exited" in f)
+    (death,) = [r for r in caplog.records if "died while busy" in r.getMessage()]
+    assert death.levelno == logging.WARNING
+    assert death.getMessage() == (
+        f"Session {session.session_id}: kernel process {pid} died while busy (exit status: 7)"
+    )
+    assert death.session_id == session.session_id  # type: ignore[attr-defined]
+
+
+async def test_killing_a_busy_kernel_is_not_a_death_warning(
+    make_session: Callable[..., KernelSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kallichore.supervisor")
+    session = make_session()
+    frames = Frames(session)
+    await session.start()
+    await session.send_from_client(execute_request("sleep 30"))
+    with trio.fail_after(5):
+        await frames.wait_for(
+            lambda f: is_jupyter("status")(f) and f["content"]["execution_state"] == "busy"
+        )
+    assert session.status is SessionStatus.BUSY
+    await session.kill()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    session_lines = [r for r in caplog.records if r.name.startswith("kallichore.supervisor")]
+    assert session_lines
+    for rec in session_lines:
+        if getattr(rec, "session_id", None) is None:
+            continue
+        assert rec.getMessage().startswith(f"Session {session.session_id}: ")
 
 
 async def test_flood_arrives_complete_and_in_order(
@@ -563,14 +640,15 @@ async def test_signal_interrupt_reaches_the_kernel(
     session = make_session(interrupt_mode="signal")
     frames = Frames(session)
     await session.start()
-    request = execute_request("sleep 5")
+    request = execute_request("sleep 20")
     await session.send_from_client(request)
     await frames.wait_for(is_jupyter("execute_input", parent=msg_id(request)))
     began = trio.current_time()
     await session.interrupt()
     reply = await frames.wait_for(is_jupyter("execute_reply", parent=msg_id(request)))
     assert reply["content"]["ename"] == "KeyboardInterrupt"
-    assert trio.current_time() - began < 2.0
+    # The interrupt ended the sleep early (it would have lasted 20 s).
+    assert trio.current_time() - began < 10.0
     assert session.process_id is not None
 
 
@@ -617,7 +695,7 @@ async def test_interrupt_clears_the_queue_and_reports_dropped_ids(
     session = make_session(interrupt_mode="message")
     frames = Frames(session)
     await session.start()
-    requests = [execute_request(code) for code in ("sleep 5", "second", "third")]
+    requests = [execute_request(code) for code in ("sleep 20", "second", "third")]
     for request in requests:
         await session.send_from_client(request)
     await frames.wait_for(is_jupyter("execute_input", parent=msg_id(requests[0])))
@@ -640,7 +718,8 @@ async def test_interrupt_clears_the_queue_and_reports_dropped_ids(
             and f["content"]["execution_state"] == "idle"
         )
     )
-    assert trio.current_time() - began < 2.0
+    # The interrupt ended the sleep early (it would have lasted 20 s).
+    assert trio.current_time() - began < 10.0
     # Nothing dropped was ever sent to the kernel.
     await trio.sleep(0.3)
     frames.drain()

@@ -485,6 +485,46 @@ async def test_open_kernel_sockets_against_fake_kernel(
     assert all(sock.closed for sock in sockets)
 
 
+#: A flood larger than every buffer between a kernel's IOPub socket and ours
+#: except our own receive queue: the kernel's queue (1000 messages) plus the
+#: TCP buffers (tens of MB at most with Linux autotuning).
+FLOOD_MESSAGES = 50_000  # messages
+FLOOD_PAYLOAD = b"x" * 1024
+#: How long the kernel side may wait to hand over one message.
+FLOOD_SEND_TIMEOUT = 5000  # milliseconds
+
+
+async def test_iopub_takes_a_flood_while_nobody_reads_it(
+    make_socket: SocketFactory, ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Our IOPub socket never pushes back on the kernel, even while our event loop does not read.
+
+    A kernel's PUB socket drops what its queue for us cannot hold; ours
+    takes everything the moment it arrives, on libzmq's I/O thread, into an
+    unbounded queue (docs/channels.md). Here the kernel side blocks instead
+    of dropping (``XPUB_NODROP``), with a send timeout: a receive side that
+    stopped taking messages would make it time out.
+    """
+    kernel, endpoints = fake_kernel(make_socket)
+    publisher = kernel["iopub"].raw
+    async with open_kernel_sockets(endpoints, identity=b"s", context=ctx) as sockets:
+        assert await kernel["iopub"].receive_multipart() == [b"\x01"]
+        publisher.setsockopt(zmq.XPUB_NODROP, 1)
+        publisher.setsockopt(zmq.SNDTIMEO, FLOOD_SEND_TIMEOUT)
+
+        def flood() -> None:
+            for i in range(FLOOD_MESSAGES):
+                publisher.send_multipart([b"%d" % i, FLOOD_PAYLOAD])
+
+        # The event loop waits for the thread: nothing reads our socket meanwhile.
+        await trio.to_thread.run_sync(flood)
+        received = 0
+        while received < FLOOD_MESSAGES:
+            for number, payload in await sockets.iopub.receive_batch(1000):
+                assert (number, payload) == (b"%d" % received, FLOOD_PAYLOAD)
+                received += 1
+
+
 async def test_open_kernel_sockets_closes_on_cancellation(
     make_socket: SocketFactory, ctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:

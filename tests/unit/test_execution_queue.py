@@ -1,0 +1,35 @@
+"""ExecutionQueue: withdrawing a pending request (the embedding API's cancel path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kallichore.session.execution_queue import ExecutionQueue
+
+
+def request(msg_id: str) -> dict[str, Any]:
+    return {"header": {"msg_id": msg_id, "msg_type": "execute_request"}, "content": {}}
+
+
+def test_withdraw_takes_only_that_pending_request() -> None:
+    queue = ExecutionQueue()
+    assert queue.submit(request("a"))
+    assert not queue.submit(request("b"))
+    assert not queue.submit(request("c"))
+    assert queue.withdraw("b")
+    assert not queue.withdraw("b")
+    assert [m["header"]["msg_id"] for m in queue.pending] == ["c"]
+    released = queue.release_next()
+    assert released is not None
+    assert released["header"]["msg_id"] == "c"
+
+
+def test_the_active_request_is_not_withdrawn() -> None:
+    queue = ExecutionQueue()
+    queue.submit(request("a"))
+    assert queue.is_active("a")
+    assert not queue.withdraw("a")
+    assert queue.is_active("a")
+    assert not queue.is_active("b")
+    queue.release_next()
+    assert not queue.is_active("a")
