@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: serve test lint clean bench soak
+.PHONY: serve test lint clean bench soak fuzz
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,6 +33,19 @@ lint: $(VENV)/.stamp-test
 	$(BIN)/ruff check kallichore tests
 	$(BIN)/ruff format --check kallichore tests
 	$(BIN)/mypy
+
+# `make fuzz`: the long runs of the fuzzers whose short, seeded runs are in
+# `make test`: schemathesis over every operation of kallichore.json, then the
+# connection-level protocol fuzzer for FUZZ_SECONDS (default 600, shared by the
+# TCP and Unix-socket listeners).
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.stamp-test
+	KC_SCHEMA_EXAMPLES=300 KC_SCHEMA_STEPS=100 $(BIN)/python -m pytest -p no:cacheprovider \
+		-o faulthandler_timeout=0 \
+		-s tests/integration/test_schema_fuzz.py $(ARGS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -p no:cacheprovider -s \
+		-o faulthandler_timeout=0 \
+		tests/integration/test_connection_fuzz.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

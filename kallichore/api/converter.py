@@ -35,6 +35,9 @@ class StrictTypeError(TypeError):
 
 def _structure_int(value: Any, _: type) -> int:
     if type(value) is not int:
+        if type(value) is float and value.is_integer():
+            # orjson reads an integer outside 64 bits as a float.
+            raise StrictTypeError("expected an integer that fits in 64 bits")
         raise StrictTypeError("expected an integer")
     return value
 

@@ -33,6 +33,11 @@ Hypercorn start a second response to the same request; that response is
 dropped. Any other event h11 refuses closes the connection instead of
 unwinding it.
 
+A fifth makes WebSockets served by hypercorn (a channel upgrade on a
+kept-alive connection) send a Close frame with 1007 or 1009 before dropping
+the connection, as the other channel paths do
+(:mod:`kallichore.api.hypercorn_ws`).
+
 The wrappers are installed once, are idempotent, and change nothing else.
 Whatever still escapes one connection's handling is logged and ends that
 connection in :func:`serve_http`; it never reaches the server's nursery.
@@ -58,6 +63,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from kallichore.api.hypercorn_ws import install_ws_close_codes
 from kallichore.listener import BoundListener
 from kallichore.priority import RequestPriority
 
@@ -214,6 +220,7 @@ def install_h11_adjustments() -> None:
             await original_close(self)
 
     TCPServer._close = close_shielded  # type: ignore[method-assign]
+    install_ws_close_codes()
 
 
 def hypercorn_config(max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE) -> HypercornConfig:

@@ -55,8 +55,8 @@ MAX_PID = 2**31 - 1
 MAX_CONNECTION_TIMEOUT = 24 * 3600  # seconds
 DEFAULT_CONNECTION_TIMEOUT = 30  # seconds
 DEFAULT_PROTOCOL_VERSION = "5.3"
-#: Longest session id; it becomes part of file and socket names.
-MAX_SESSION_ID_BYTES = 200  # bytes
+#: Longest session id (``maxLength`` of ``newSession.session_id``).
+MAX_SESSION_ID_CHARS = 200  # characters
 
 
 @functools.cache
@@ -93,8 +93,8 @@ def check_session_id(session_id: str) -> None:
     """A session id must be usable in a URL path segment and a file name."""
     if not session_id:
         raise BadRequestError("session_id must not be empty")
-    if len(session_id.encode()) > MAX_SESSION_ID_BYTES:
-        raise BadRequestError(f"session_id is longer than {MAX_SESSION_ID_BYTES} bytes")
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise BadRequestError(f"session_id is longer than {MAX_SESSION_ID_CHARS} characters")
     if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in session_id):
         raise BadRequestError("session_id must not contain '/', '\\' or control characters")
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import tempfile
@@ -678,7 +679,9 @@ class KernelSession:
                     reg_sock, reg_port = await registration.enter_async_context(
                         open_registration_socket()
                     )
-                    path = os.path.join(self._files_dir, f"registration_{spec.session_id}.json")
+                    path = os.path.join(
+                        self._files_dir, f"registration_{_file_stem(spec.session_id)}.json"
+                    )
                     inc.files.append(path)
                     _write_private(
                         path, encode_registration_file(key=self.key, registration_port=reg_port)
@@ -687,7 +690,9 @@ class KernelSession:
                     reg_sock = None
                     info = self._new_connection_info()
                     inc.ports = _ports_of(info)
-                    path = os.path.join(self._files_dir, f"connection_{spec.session_id}.json")
+                    path = os.path.join(
+                        self._files_dir, f"connection_{_file_stem(spec.session_id)}.json"
+                    )
                     inc.files.append(path)
                     _write_private(path, encode_connection_file(info))
                     self.connection_info = info
@@ -1580,6 +1585,17 @@ def _endpoints(info: ConnectionInfo | None) -> dict[str, str]:
 
 def _ports_of(info: ConnectionInfo) -> tuple[int, ...]:
     return (info.control_port, info.shell_port, info.stdin_port, info.hb_port, info.iopub_port)
+
+
+#: Longest session id used as is in a file name (NAME_MAX is 255 bytes).
+MAX_FILE_STEM_BYTES = 200  # bytes
+
+
+def _file_stem(session_id: str) -> str:
+    """The session id, or its digest when it is too long for a file name."""
+    if len(session_id.encode("utf-8", "surrogatepass")) <= MAX_FILE_STEM_BYTES:
+        return session_id
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _write_private(path: str, data: bytes) -> None:

@@ -823,7 +823,7 @@ def test_busy_status_while_executing(server: KernelServer, basic: dict[str, Any]
         ({"session_id": ""}, "session_id must not be empty"),
         ({"session_id": "a/b"}, "session_id must not contain"),
         ({"session_id": "a\u0001b"}, "session_id must not contain"),
-        ({"session_id": "x" * 201}, "longer than 200 bytes"),
+        ({"session_id": "x" * 201}, "longer than 200 characters"),
         ({"argv": {"/bin/true": 1}}, "expected a JSON array @ $.argv"),
         ({"argv": "/bin/true"}, "expected a JSON array @ $.argv"),
         ({"argv": [sys.executable, "a\u0000b"]}, "argv[1] must not contain NUL"),

@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kallichore.api.app import create_app
 from kallichore.api.auth import UNAUTHENTICATED
 from kallichore.api.routes import openapi_document
@@ -117,3 +119,59 @@ async def test_openapi_json_is_served_without_a_token() -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert json.loads(await response.get_data()) == SPEC
+
+
+def test_declared_limits_are_the_ones_the_server_enforces() -> None:
+    """Every bound in the document is the constant the validation code uses."""
+    from kallichore.api.routes import MAX_CONNECTION_TIMEOUT, MAX_PID, MAX_SESSION_ID_CHARS
+    from kallichore.config import MAX_IDLE_SHUTDOWN_HOURS, MAX_SAMPLE_INTERVAL_MS
+    from kallichore.wire.connection_file import MAX_PORT, MIN_PORT
+
+    schemas = SPEC["components"]["schemas"]
+    process_id = schemas["clientHeartbeat"]["properties"]["process_id"]
+    assert (process_id["minimum"], process_id["maximum"]) == (0, MAX_PID)
+    config = schemas["serverConfiguration"]["properties"]
+    assert config["idle_shutdown_hours"]["maximum"] == MAX_IDLE_SHUTDOWN_HOURS
+    interval = config["resource_sample_interval_ms"]
+    assert (interval["minimum"], interval["maximum"]) == (0, MAX_SAMPLE_INTERVAL_MS)
+    new = schemas["newSession"]["properties"]
+    assert (new["session_id"]["minLength"], new["session_id"]["maxLength"]) == (
+        1,
+        MAX_SESSION_ID_CHARS,
+    )
+    timeout = new["connection_timeout"]
+    assert (timeout["minimum"], timeout["maximum"]) == (1, MAX_CONNECTION_TIMEOUT)
+    for name, prop in schemas["connectionInfo"]["properties"].items():
+        if name.endswith("_port"):
+            assert (prop["minimum"], prop["maximum"]) == (MIN_PORT, MAX_PORT), name
+
+
+def test_optional_request_fields_that_take_null_say_so() -> None:
+    """The converter reads ``null`` as absent for optional fields; the document agrees."""
+    schemas = SPEC["components"]["schemas"]
+    for schema_name in ("serverConfiguration", "clientHeartbeat", "restartSession"):
+        for name, prop in schemas[schema_name]["properties"].items():
+            assert prop.get("nullable") is True, f"{schema_name}.{name}"
+    log_level = schemas["serverConfiguration"]["properties"]["log_level"]
+    assert None in log_level["enum"]
+    new = schemas["newSession"]
+    for name, prop in new["properties"].items():
+        if name in new["required"] or name == "session_mode":
+            assert not prop.get("nullable"), name
+        else:
+            assert prop.get("nullable") is True, name
+
+
+def test_unbounded_integers_are_declared_64_bit() -> None:
+    """The JSON parser reads integers outside 64 bits as floats, which are refused."""
+    from kallichore.api.converter import parse_body
+    from kallichore.api.models import ServerConfiguration
+    from kallichore.errors import BadRequestError
+
+    hours = SPEC["components"]["schemas"]["serverConfiguration"]["properties"][
+        "idle_shutdown_hours"
+    ]
+    assert (hours["format"], hours["minimum"]) == ("int64", -(2**63))
+    assert parse_body(b'{"idle_shutdown_hours": -9223372036854775808}', ServerConfiguration)
+    with pytest.raises(BadRequestError, match="fits in 64 bits"):
+        parse_body(b'{"idle_shutdown_hours": -9223372036854775809}', ServerConfiguration)
