@@ -483,3 +483,23 @@ def execute(kc: Any, code: str, timeout: float = 15.0) -> Execution:
     """Run ``code`` and wait (bounded) for its reply and output."""
     msg_id = kc.execute(code, allow_stdin=False)
     return collect_execution(kc, msg_id, timeout)
+
+
+def start_external_kernel(
+    server: KernelServer, workdir: str, session_id: str, external: list[subprocess.Popen[bytes]]
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """An ipykernel in its own process group, with the session's connection info."""
+    info = server.connection_info(session_id)
+    path = os.path.join(workdir, f"{session_id}-connection.json")
+    with open(path, "w") as f:
+        json.dump(info, f)
+    kernel = subprocess.Popen(
+        [sys.executable, "-m", "ipykernel_launcher", "-f", path],
+        env=server.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    external.append(kernel)
+    return kernel, info

@@ -17,14 +17,12 @@ fixture proves none is left behind.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import psutil
 import pytest
@@ -34,6 +32,7 @@ from tests.integration.helpers import (
     execute,
     kernel_client,
     kill_tree,
+    start_external_kernel,
     wait_for,
 )
 
@@ -124,26 +123,6 @@ def kcclient_execute(server: KernelServer, session_id: str, code: str) -> str:
     )
     assert done.returncode == 0, done
     return done.stdout
-
-
-def start_external_kernel(
-    server: KernelServer, workdir: str, session_id: str, external: list[subprocess.Popen[bytes]]
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """An ipykernel in its own process group, with the session's connection info."""
-    info = server.connection_info(session_id)
-    path = os.path.join(workdir, f"{session_id}-connection.json")
-    with open(path, "w") as f:
-        json.dump(info, f)
-    kernel = subprocess.Popen(
-        [sys.executable, "-m", "ipykernel_launcher", "-f", path],
-        env=server.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    external.append(kernel)
-    return kernel, info
 
 
 # ------------------------------------------------------------ kernel lifetime

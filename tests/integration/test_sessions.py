@@ -39,6 +39,7 @@ from tests.integration.helpers import (
     marked_processes,
     running_server,
     session_body,
+    start_external_kernel,
     wait_for,
 )
 
@@ -670,19 +671,7 @@ def test_adopt_an_external_kernel(
     server: KernelServer, workdir: str, external_procs: list[subprocess.Popen[bytes]]
 ) -> None:
     server.create("adopted", argv=[])
-    info = server.connection_info("adopted")
-    path = os.path.join(workdir, "adopted-connection.json")
-    with open(path, "w") as f:
-        json.dump(info, f)
-    kernel = subprocess.Popen(
-        [sys.executable, "-m", "ipykernel_launcher", "-f", path],
-        env=server.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    external_procs.append(kernel)
+    kernel, info = start_external_kernel(server, workdir, "adopted", external_procs)
 
     # Meanwhile: adopting a dead port set fails within the connection timeout.
     server.create("adopt-dead", argv=[], connection_timeout=2)
