@@ -140,12 +140,13 @@ async def test_it_takes_its_turn_in_the_queue_without_taking_the_session_over(
             assert session.to_json()["execution_queue"]["length"] == 1
             # The other client's execution finishes first, then ours runs.
             their_reply = (await until_done(channel, theirs))["execute_reply"]
-            assert not results
             # The attached client sees our output (iopub), never our reply.
             output = await frame_where(channel, parent_is(mine, "stream"))
             assert output["content"]["text"] == "in process"
             await frame_where(channel, parent_is(mine, "status"))
         assert their_reply["content"]["status"] == "ok"
+        # Ours ran after theirs (the kernel counts executions in the order it runs them).
+        assert results[0].execution_count == their_reply["content"]["execution_count"] + 1
         assert results[0].stdout == "in process"
         assert results[0].reply.parent_id == mine
         assert session.connected

@@ -43,7 +43,8 @@ CLI_TIMEOUT = 60.0  # seconds
 #: Bound on the console printing what a test waits for.
 EXPECT_TIMEOUT = 30.0  # seconds
 #: Code that says it started, then runs long enough to need an interrupt.
-LONG_RUNNING = "import time; print('go', flush=True); time.sleep(60)"
+# 'g' + 'o': the echo of the source on a terminal must not look like the output.
+LONG_RUNNING = "import time; print('g' + 'o', flush=True); time.sleep(60)"
 ANSI = "\x1b["
 
 
