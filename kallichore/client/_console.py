@@ -32,6 +32,7 @@ import contextlib
 import getpass
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -207,6 +208,9 @@ def run_console(options: dict[str, Any], session_id: str) -> int:
     Raises:
         KallichoreClientError: the session's channel could not be opened.
     """
+    # Ctrl-C must reach us even when we inherited SIGINT ignored (a shell
+    # script starts background commands that way): a console is for a person.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     portal = _Portal(options, session_id)
     portal.start()
     history = _History.load()
@@ -215,6 +219,7 @@ def run_console(options: dict[str, Any], session_id: str) -> int:
     finally:
         history.save()
         portal.stop()
+        signal.signal(signal.SIGINT, previous)
 
 
 @attrs.define
