@@ -9,6 +9,7 @@ wake-up into a failure instead of a hang.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
@@ -660,16 +661,19 @@ async def test_wait_stdin_connected_proves_the_kernel_can_reach_us_on_stdin() ->
         sock.setsockopt(zmq.LINGER, 0)
         ports[name] = sock.bind_to_random_port("tcp://127.0.0.1")
         kernel[name] = sock
-    probe = ctx.socket(zmq.ROUTER)
-    stdin_port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)  # the port the kernel will bind later
-    ports["stdin"] = stdin_port
+    # The port the kernel will bind later: held, bound but not listening, so
+    # connections to it are refused and no other process on a busy machine
+    # can take it in the meantime (a freed port could be).
+    reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserved.bind(("127.0.0.1", 0))
+    ports["stdin"] = reserved.getsockname()[1]
     endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
     try:
         async with open_kernel_sockets(endpoints, identity=b"session-x") as sockets:
             with trio.move_on_after(0.3) as early:
                 await wait_stdin_connected(sockets)
             assert early.cancelled_caught, "nothing to connect to yet"
+            reserved.close()
             stdin = ctx.socket(zmq.ROUTER)
             stdin.setsockopt(zmq.LINGER, 0)
             stdin.bind(endpoints["stdin"])
@@ -681,5 +685,6 @@ async def test_wait_stdin_connected_proves_the_kernel_can_reach_us_on_stdin() ->
             with trio.fail_after(5):
                 assert await sockets.stdin.receive_multipart() == [b"input_request"]
     finally:
+        reserved.close()
         for sock in kernel.values():
             sock.close(linger=0)
