@@ -1,6 +1,6 @@
 """Telling the client where we are: the connection file and the handshake socket.
 
-Both carry the same JSON object (kallichore-behaviour.md section 1.6), built
+Both carry the same JSON object (Kallichore's connection file), built
 by :func:`connection_details`, with our ``server_id`` added at the end:
 
 * ``--connection-file PATH``: written atomically (a temporary file in the same

@@ -1,7 +1,7 @@
 """The ``kcserver`` command line (and ``python -m kallichore serve``).
 
 Flags, defaults, validation messages and exit codes follow Kallichore's
-``kcserver`` 0.1.64 (kallichore-behaviour.md section 1), so Positron can launch
+``kcserver`` 0.1.64 (see docs/cli.md), so Positron can launch
 us unchanged:
 
 ====  ==========================================================

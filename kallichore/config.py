@@ -141,7 +141,7 @@ def select_transport(
     port: int,
     platform: str = sys.platform,
 ) -> Transport:
-    """Choose and validate the transport (kallichore-behaviour.md section 1.2).
+    """Choose and validate the transport (the rules are in docs/cli.md).
 
     Raises:
         ConfigError: with Kallichore's message for each invalid combination.

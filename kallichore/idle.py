@@ -1,4 +1,4 @@
-"""Server-wide idle shutdown (kallichore-behaviour.md section 3.12).
+"""Server-wide idle shutdown (``--idle-shutdown-hours``; see docs/sessions.md).
 
 Theory of operation
 -------------------

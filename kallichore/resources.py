@@ -1,4 +1,4 @@
-"""The resource sampler's clock (kallichore-behaviour.md section 8).
+"""The resource sampler's clock (``--resource-sample-interval``).
 
 One task for the whole server. Every ``interval`` seconds it calls
 ``sample()``, which measures the sessions that have a client attached (the

@@ -2,7 +2,7 @@
 
 On a server started with ``--transport socket``, ``GET
 /sessions/{id}/channels`` does not upgrade: it answers with the path of a
-Unix socket dedicated to that session (kallichore-behaviour.md section 5.2),
+Unix socket dedicated to that session (as Kallichore does),
 and the client opens its WebSocket there.
 
 * **Path:** ``<socket dir>/kc-<server pid>-<sha256(session id)[:12]>.sock``,

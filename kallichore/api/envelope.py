@@ -1,7 +1,7 @@
 """Client -> server frames on the channel WebSocket: parsing and checking.
 
 A client sends one Jupyter message per text frame, as a JSON object (the
-shape Positron sends, kallichore-behaviour.md section 4.5)::
+shape Positron sends)::
 
     {"header": {"msg_id": "...", "msg_type": "execute_request", ...},
      "parent_header": null,

@@ -148,7 +148,7 @@ def session_spec(body: NewSession) -> SessionSpec:
 
 
 def build_server_status(server: Server) -> ServerStatus:
-    """The ``serverStatus`` figures (kallichore-behaviour.md section 2.4.13)."""
+    """The ``serverStatus`` figures of ``GET /status``."""
     stats = server.registry.statistics()
     now = trio.current_time()
     uptime = now - server.started_at

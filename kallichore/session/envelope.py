@@ -11,7 +11,7 @@ client as one text frame::
      "metadata":<the kernel's metadata frame, or {}>,
      "buffers":["<base64>", ...]}
 
-(kallichore-behaviour.md section 4.5: the header and parent header carry
+(As in Kallichore's envelope, the header and parent header carry
 only ``msg_id`` and ``msg_type``.) The content and metadata bytes are
 spliced in without being decoded and re-encoded, so each is first checked
 to be JSON: one malformed frame must not corrupt the client's stream.

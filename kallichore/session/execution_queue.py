@@ -1,4 +1,4 @@
-"""The execution queue (kallichore-behaviour.md section 3.11), pure.
+"""The execution queue (see docs/sessions.md), pure.
 
 Positron sends ``execute_request``s as the user types; the supervisor holds
 all but one so that a client can see (and show) what is pending:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Kallichore's status is not a strict state machine: any status may follow any
-other, driven by outside events (kallichore-behaviour.md section 3.2):
+other, driven by outside events:
 
 ====================  ==========================================  ================================
 to                    trigger                                     reason

@@ -21,10 +21,10 @@ A kernel start turns the session's ``argv``, ``env`` actions and
    Unlike Kallichore, the kernel part is prefixed with ``exec``, so the kernel
    *replaces* the wrapping shell: the PID we track and the signals we send
    (interrupt, SIGTERM) reach the kernel itself, not a shell waiting on it
-   (history case D24).
+   (a wrapping shell that stays in between would swallow signals).
 5. If the start fails, :func:`startup_failure_details` and
    :func:`clean_startup_output` produce the ``details`` and ``output`` of the
-   ``startupError`` body (kallichore-behaviour.md 3.8). The ``command`` and
+   ``startupError`` body. The ``command`` and
    ``script`` preludes echo two markers around the user's step, so the captured
    output tells whether the shell, the startup step, or the kernel failed.
 """
@@ -247,7 +247,7 @@ def build_command(
 ) -> LaunchPlan:
     """Decide what to execute for a kernel start.
 
-    Rules (kallichore-behaviour.md 3.7.1, plus ``exec``):
+    Rules (Kallichore's, plus ``exec``):
 
     * ``none``, no shell available, or Windows: ``argv`` as is.
     * ``shell``: ``[shell, flag, "-c", "exec <kernel>"]``.
@@ -346,7 +346,7 @@ def startup_context_prefix(mode: str, shell: str | None, startup_arg: str | None
     """The ``Shell: …\\n`` / ``Startup command: …\\n`` lines that open a failure's details.
 
     Empty in ``none`` and ``shell`` modes. Also used for the "exited during
-    the JEP 66 handshake" details (kallichore-behaviour.md 3.5.2).
+    the JEP 66 handshake" details.
     """
     if mode not in ("command", "script"):
         return ""
@@ -365,7 +365,7 @@ def startup_failure_details(
     *,
     connect_failure: bool,
 ) -> str:
-    """The ``details`` of a failed start (kallichore-behaviour.md 3.8).
+    """The ``details`` of a failed start (the ``startupError`` body).
 
     In ``command``/``script`` mode the markers in the raw ``output`` say how far
     the shell got: with the success marker the kernel itself failed; with only

@@ -436,7 +436,7 @@ async def terminate_process_group(
 ) -> int:
     """Stop a kernel and everything in its process group; reap it; close its pipes.
 
-    The ladder (history case D27), skipped as soon as the kernel has exited:
+    The ladder, skipped as soon as the kernel has exited:
 
     1. ``polite()`` -- typically sends ``shutdown_request`` on control -- then
        wait for the exit; both within ``polite_grace`` seconds. If ``polite``
@@ -446,7 +446,7 @@ async def terminate_process_group(
        refused; a warning is logged if it takes over :data:`KILL_WARN_AFTER`).
 
     Then, with the leader reaped: SIGKILL to the rest of the group (children
-    that outlived the kernel, history case D29); if :meth:`~KernelProcess.pump_output`
+    that outlived the kernel); if :meth:`~KernelProcess.pump_output`
     runs, give it :data:`OUTPUT_DRAIN_GRACE` seconds to read to end of file;
     close the pipes. Descendants that left the group (``setsid``) are out of
     reach of group signals: those still in the kernel's process tree when it

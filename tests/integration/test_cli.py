@@ -2,8 +2,8 @@
 
 Each test runs the real server as a subprocess and talks real HTTP to it over
 TCP 127.0.0.1 or the Unix socket, checking the contract of
-kallichore-behaviour.md sections 1, 2.1-2.4, 5.1 and 7 and positron-client.md
-section 2. Servers whose checks are read-only are shared per module; every
+Kallichore's command line, REST status and server endpoints, and the way
+Positron launches and finds the server. Servers whose checks are read-only are shared per module; every
 server is stopped (killed if need be) when its fixture ends.
 """
 

@@ -3,8 +3,8 @@
 Each test talks HTTP to a real ``python -m kallichore serve`` process and, to
 check what a kernel sees, Jupyter to the kernel itself (``BlockingKernelClient``
 with the session's ``connection_info``). Scenarios follow
-kallichore-behaviour.md 2.4.2-2.4.10 and 3, and the hard cases in
-kallichore-history.md section 4 (groups A, D, E).
+Kallichore's session endpoints and lifecycle, and the hard cases its users
+have met (start failures, kills, restarts, adoption).
 
 Most tests share one module-scoped server (distinct session ids); the tests
 that shut a server down get their own. Every process started here carries a
@@ -657,8 +657,8 @@ def test_startup_command_fails(server: KernelServer) -> None:
     assert res.status == 500, res
     error = res.json()["error"]
     assert error["code"] == "KS-8", res
-    # The shell printed the begin marker, then the command failed: kallichore-behaviour.md
-    # 3.8 says the details read "Startup command failed" (not "could not be executed").
+    # The shell printed the begin marker, then the command failed: Kallichore's
+    # details read "Startup command failed" (not "could not be executed").
     assert "Startup command: false" in error["details"], res
     assert error["details"].endswith("Startup command failed"), res
     server.wait_status("env-false", "exited", 2)

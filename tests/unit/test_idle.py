@@ -1,4 +1,4 @@
-"""The idle-shutdown matrix (kallichore-history.md case 34) under a mock clock.
+"""The idle-shutdown matrix (busy, idle, clients, hours) under a mock clock.
 
 Hours of idleness run in milliseconds: ``autojump_clock`` advances virtual
 time whenever every task is blocked.
