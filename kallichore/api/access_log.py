@@ -23,7 +23,8 @@ Where lines come from:
   including refusals made by routing, by the token check (which notes its
   reason with :func:`note_auth_failure`) and by Quart itself;
 * channel WebSockets served outside the app (the TCP fast path, per-session
-  Unix sockets) call :func:`log_access` when they end.
+  Unix sockets) call :func:`kallichore.logs.log_access`, the line writer this
+  module uses too, when they end.
 
 Cost: a timestamp at the start, a wrapper around ``send`` (two calls per
 plain response), and one record when the request ends; nothing when the
@@ -32,15 +33,13 @@ logger is disabled beyond the level check.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
+
+from kallichore.logs import log_access, masked_query
 
 __all__ = ["AccessLogMiddleware", "log_access", "masked_query", "note_auth_failure"]
-
-access_logger = logging.getLogger("kallichore.access")
 
 #: Where the token check leaves its reason for the access line (in the ASGI scope).
 _AUTH_FAILURE_KEY = "kallichore.auth_failure"
@@ -48,67 +47,6 @@ _AUTH_FAILURE_KEY = "kallichore.auth_failure"
 # ASGI's shapes, loosely: hypercorn's TypedDicts do not admit our scope key.
 Message = MutableMapping[str, Any]
 AsgiApp = Callable[..., Awaitable[None]]
-
-
-def masked_query(query: bytes) -> str:
-    """``?name=***&...`` for a query string, or ``""``; values are never shown."""
-    if not query:
-        return ""
-    names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
-    if not names:
-        return "?***"
-    return "?" + "&".join(f"{name}=***" for name in names)
-
-
-def log_access(
-    method: str,
-    path: str,
-    status: int,
-    seconds: float,
-    *,
-    websocket: bool = False,
-    reason: str | None = None,
-    session_id: str | None = None,
-) -> None:
-    """Log one access line (see the module docstring).
-
-    Args:
-        method: the request method.
-        path: the path as sent (percent-encoded), with any query masked.
-        status: the response status; 101 for an accepted WebSocket.
-        seconds: time from the request to its response, or how long a
-            WebSocket was open.
-        websocket: whether this was a WebSocket.
-        reason: why the request was refused, when known (a 401's reason).
-        session_id: the session a channel WebSocket served.
-    """
-    level = logging.WARNING if status == 401 else logging.INFO
-    if not access_logger.isEnabledFor(level):
-        return
-    duration_ms = round(seconds * 1000, 1)
-    suffix = " (websocket)" if websocket else ""
-    if reason:
-        suffix += f" ({reason})"
-    # makeRecord + handle is what Logger.log does, minus the stack walk that
-    # finds the caller (a fifth of the cost; the line's origin is fixed).
-    record = access_logger.makeRecord(
-        access_logger.name,
-        level,
-        __file__,
-        0,
-        "%s %s %d %.1f ms%s",
-        (method, path, status, duration_ms, suffix),
-        None,
-        extra={
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "websocket": websocket,
-            "session_id": session_id,
-        },
-    )
-    access_logger.handle(record)
 
 
 def note_auth_failure(scope: Any, reason: str) -> None:

@@ -34,17 +34,18 @@ with TCP channel upgrades) served by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import socket
 import time
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from kallichore.api.access_log import log_access
 from kallichore.channels.bridge import serve_channel
 from kallichore.channels.stream_websocket import (
     MAX_MESSAGE_BYTES,
@@ -54,7 +55,8 @@ from kallichore.channels.stream_websocket import (
 )
 from kallichore.config import ConfigError, ServerConfig, default_socket_path
 from kallichore.errors import BadRequestError, ErrorCode
-from kallichore.server.listener import BoundListener, bind_unix, check_socket_path
+from kallichore.logs import log_access
+from kallichore.unix_socket import bind_unix_socket, check_socket_path, remove_socket_file
 
 if TYPE_CHECKING:
     from kallichore.supervisor.session import KernelSession
@@ -142,7 +144,7 @@ async def accept_websocket(stream: trio.abc.Stream) -> bytes | None:
 @attrs.define(eq=False)
 class _SessionListener:
     session: KernelSession
-    bound: BoundListener
+    sock: socket.socket
     path: str
     # Cancelled to stop accepting.
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -153,8 +155,10 @@ class _SessionListener:
             return
         self.closed = True
         self.scope.cancel()
-        trio.lowlevel.notify_closing(self.bound.sock)
-        self.bound.close()
+        trio.lowlevel.notify_closing(self.sock)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        remove_socket_file(self.path)
 
 
 @attrs.define(eq=False)
@@ -208,12 +212,12 @@ class ChannelSockets:
                 code=ErrorCode.DOMAIN_SOCKET_ERROR,
             )
         try:
-            bound = bind_unix(path)
+            sock = bind_unix_socket(path)
         except ConfigError as exc:
             raise BadRequestError(
                 f"Failed to create Unix domain socket: {exc}", code=ErrorCode.DOMAIN_SOCKET_ERROR
             ) from None
-        listener = _SessionListener(session, bound, path)
+        listener = _SessionListener(session, sock, path)
         self._listeners[session_id] = listener
         self._nursery.start_soon(self._accept_loop, listener)
         session.log.info("channel socket at %s", path)
@@ -247,7 +251,7 @@ class ChannelSockets:
             self.close_all()
 
     async def _accept_loop(self, listener: _SessionListener) -> None:
-        sock = trio.socket.from_stdlib_socket(listener.bound.sock)
+        sock = trio.socket.from_stdlib_socket(listener.sock)
         with listener.scope:
             trio_listener = trio.SocketListener(sock)
             while True:

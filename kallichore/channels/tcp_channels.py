@@ -31,7 +31,6 @@ import attrs
 import h11
 import trio
 
-from kallichore.api.access_log import log_access, masked_query
 from kallichore.channels.bridge import serve_channel
 from kallichore.channels.stream_websocket import (
     RECEIVE_SIZE,
@@ -39,7 +38,7 @@ from kallichore.channels.stream_websocket import (
     upgrade_response,
 )
 from kallichore.errors import SessionNotFoundError
-from kallichore.logs import SessionLog
+from kallichore.logs import SessionLog, log_access, masked_query
 from kallichore.protocol.auth import authorized
 
 if TYPE_CHECKING:

@@ -4,40 +4,38 @@ The socket is bound and listening before the connection file is written, so a
 client that reads the file can connect at once. Binding is synchronous and
 happens before the HTTP server starts; the HTTP layer takes the bound socket.
 
-Unix sockets are created with mode 0600 (the umask is narrowed around
-``bind``, so there is no window where the file is wider), their directory is
-created (0700) when missing, the path length is checked up front with a clear
-message, and :meth:`BoundListener.close` removes the file. Unlike Kallichore,
-which unlinks whatever is at the path, we only replace a *stale* socket: a
-live server's socket or a regular file is an error, never deleted.
+Unix sockets are bound by :mod:`kallichore.unix_socket` (mode 0600, path
+length checked up front, only a *stale* socket replaced), and
+:meth:`BoundListener.close` removes the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
-import stat
 
 import attrs
 
-from kallichore.config import UNIX_SOCKET_PATH_LIMIT, ConfigError, ServerConfig, Transport
+from kallichore.config import ConfigError, ServerConfig, Transport
 from kallichore.config import default_socket_path as _default_socket_path
+from kallichore.unix_socket import (
+    LISTEN_BACKLOG,
+    bind_unix_socket,
+    remove_socket_file,
+)
 
 __all__ = [
     "LISTEN_BACKLOG",
     "BoundListener",
     "adopt_listener",
     "bind_listener",
-    "check_socket_path",
+    "bind_unix",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Pending-connection queue length for the main socket.
-LISTEN_BACKLOG = 128  # connections
 #: Idle seconds before keepalive probes start, and between probes.
 DEAD_PEER_IDLE = 10  # seconds
 #: Unacknowledged data older than this aborts a connection.
@@ -91,18 +89,7 @@ class BoundListener:
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.socket_path is not None and self.owns_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
-
-
-def check_socket_path(path: str) -> None:
-    """Raise :class:`ConfigError` if ``path`` is too long to bind."""
-    length = len(os.fsencode(path))
-    if length > UNIX_SOCKET_PATH_LIMIT:
-        raise ConfigError(
-            f"Unix socket path too long: {length} characters "
-            f"(maximum: {UNIX_SOCKET_PATH_LIMIT}). Path: {path}"
-        )
+            remove_socket_file(self.socket_path)
 
 
 def bind_listener(config: ServerConfig) -> BoundListener:
@@ -193,49 +180,6 @@ def _bind_tcp(port: int) -> BoundListener:
 
 
 def bind_unix(path: str) -> BoundListener:
-    """Bind a Unix socket at ``path`` with mode 0600 (see module docstring)."""
+    """Bind a Unix socket at ``path`` (see :func:`kallichore.unix_socket.bind_unix_socket`)."""
     path = os.path.abspath(path)
-    check_socket_path(path)
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"Failed to create socket directory {directory}: {exc.strerror or exc}"
-        ) from None
-    _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-        sock.listen(LISTEN_BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"Failed to bind Unix socket {path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    return BoundListener(sock=sock, transport=Transport.SOCKET, socket_path=path)
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(
-            f"Failed to bind Unix socket {path}: a file that is not a socket is there"
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise ConfigError(f"Failed to bind Unix socket {path}: {exc.strerror}") from None
-        logger.info("Removing stale socket %s", path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    else:
-        raise ConfigError(f"Failed to bind Unix socket {path}: another server is listening there")
-    finally:
-        probe.close()
+    return BoundListener(sock=bind_unix_socket(path), transport=Transport.SOCKET, socket_path=path)
