@@ -47,10 +47,12 @@ from __future__ import annotations
 
 import http
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -64,13 +66,13 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from kallichore.api.hypercorn_ws import install_ws_close_codes
-from kallichore.server.listener import BoundListener
-from kallichore.server.priority import RequestPriority
 
 __all__ = [
     "HTTP_GRACEFUL_TIMEOUT",
     "WEBSOCKET_MAX_MESSAGE_SIZE",
     "ConnectionTaker",
+    "InFlightRequests",
+    "ListeningSocket",
     "hypercorn_config",
     "install_h11_adjustments",
     "serve_http",
@@ -241,14 +243,42 @@ def hypercorn_config(max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE) -> Hyp
 ConnectionTaker = Callable[[trio.SocketStream], Awaitable["trio.abc.Stream | None"]]
 
 
+class ListeningSocket(Protocol):
+    """A bound, listening socket (the server's :class:`~kallichore.server.listener.BoundListener`)."""
+
+    @property
+    def sock(self) -> socket.socket:
+        """The socket; its owner closes it."""
+
+
+class InFlightRequests(Protocol):
+    """Where HTTP requests are marked in flight (the server's request priority).
+
+    The sessions' output pumps wait while a request is in flight
+    (:mod:`kallichore.server.priority`); serving HTTP only marks them.
+    """
+
+    def begin(self) -> None:
+        """A request's first bytes arrived (pair with :meth:`end`)."""
+
+    def end(self) -> None:
+        """The request's response was written."""
+
+    def watch(self, fd: int) -> None:
+        """Look for arrivals on ``fd`` (a listening socket or a connection)."""
+
+    def unwatch(self, fd: int) -> None:
+        """Stop looking at ``fd``; called before it is closed."""
+
+
 async def serve_http(
     app: Any,
-    listener: BoundListener,
+    listener: ListeningSocket,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
     max_message_bytes: int = WEBSOCKET_MAX_MESSAGE_SIZE,
     take_connection: ConnectionTaker | None = None,
-    priority: RequestPriority | None = None,
+    priority: InFlightRequests | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the already-bound ``listener`` until ``shutdown_trigger`` returns.
@@ -260,8 +290,7 @@ async def serve_http(
     (:mod:`kallichore.channels.tcp_channels`). Connections it takes run in the
     same nursery and are cancelled when shutdown starts; hypercorn's get
     ``HTTP_GRACEFUL_TIMEOUT`` to finish. With ``priority``, every HTTP
-    request is marked in flight from its first bytes to its response
-    (:mod:`kallichore.server.priority`).
+    request is marked in flight from its first bytes to its response.
 
     Reports the bind descriptions through ``task_status`` once serving.
 
@@ -273,41 +302,83 @@ async def serve_http(
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
-    context = WorkerContext(None)
+    connections = _Connections(
+        asgi, config, WorkerContext(None), lifespan_state, take_connection, priority
+    )
+    sock = listener.sock
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            if priority is not None:
+                priority.watch(sock.fileno())
+            task_status.started([f"http://{repr_socket_addr(sock.family, sock.getsockname())}"])
+            try:
+                await connections.accept_until(shutdown_trigger, trio_listener, server_nursery)
+            finally:
+                if priority is not None:
+                    priority.unwatch(sock.fileno())
+                await connections.stop(server_nursery)
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class _Connections:
+    """Serves each accepted connection: offered to the taker, else to hypercorn."""
+
+    asgi: Any
+    config: HypercornConfig
+    context: WorkerContext
+    lifespan_state: dict[str, Any]
+    take_connection: ConnectionTaker | None
+    priority: InFlightRequests | None
     # Scopes of the connections being looked at or served by take_connection;
     # all cancelled when shutdown starts.
-    taken: set[trio.CancelScope] = set()
-    stopping = False
+    _taken: set[trio.CancelScope] = attrs.field(factory=set, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
 
-    async def serve_connection(stream: trio.SocketStream) -> None:
-        http_stream: trio.abc.Stream | None = stream
-        if take_connection is not None:
-            http_stream = None
-            with trio.CancelScope() as scope:
-                if stopping:
-                    scope.cancel()
-                taken.add(scope)
-                try:
-                    http_stream = await take_connection(stream)
-                finally:
-                    taken.discard(scope)
-            if http_stream is None:
-                return
-        state = ConnectionState(lifespan_state.copy())
-        if priority is None:
-            await TCPServer(asgi, config, context, state, http_stream)  # type: ignore[arg-type]
-            return
-        priority_stream = _PriorityStream(http_stream, priority)
+    async def accept_until(
+        self,
+        shutdown_trigger: Callable[[], Awaitable[object]],
+        listener: trio.SocketListener,
+        handler_nursery: trio.Nursery,
+    ) -> None:
+        """Accept connections (handled in ``handler_nursery``) until shutdown is asked for."""
         try:
-            await TCPServer(asgi, config, context, state, priority_stream)  # type: ignore[arg-type]
-        finally:
-            priority_stream.unwatch()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(raise_shutdown, shutdown_trigger)
+                nursery.start_soon(raise_shutdown, self.context.terminate.wait)
+                nursery.start_soon(
+                    partial(
+                        trio.serve_listeners,
+                        self.handle,
+                        [listener],
+                        handler_nursery=handler_nursery,
+                    )
+                )
+        except BaseExceptionGroup as error:
+            _, others = error.split(ShutdownError)
+            if others is not None:
+                raise others from None
 
-    async def handle(stream: trio.SocketStream) -> None:
-        # One connection's failure ends that connection only: it is logged
-        # and the stream closed, and never reaches the server's nursery.
+    async def stop(self, handler_nursery: trio.Nursery) -> None:
+        """End taken connections now; give hypercorn's the graceful timeout."""
+        self._stopping = True
+        for scope in self._taken:
+            scope.cancel()
+        await self.context.terminated.set()
+        handler_nursery.cancel_scope.deadline = trio.current_time() + self.config.graceful_timeout
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one connection.
+
+        Its failure ends that connection only: it is logged and the stream
+        closed, and never reaches the server's nursery.
+        """
         try:
-            await serve_connection(stream)
+            await self._serve(stream)
         except* Exception as failure:
             errors = failure.exceptions
             logger.error(
@@ -317,41 +388,34 @@ async def serve_http(
             with trio.CancelScope(shield=True), trio.move_on_after(CONNECTION_CLOSE_TIMEOUT):
                 await stream.aclose()
 
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        async with trio.open_nursery() as server_nursery:
-            trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener.sock))
-            if priority is not None:
-                priority.watch(listener.sock.fileno())
-            bind = repr_socket_addr(listener.sock.family, listener.sock.getsockname())
-            task_status.started([f"http://{bind}"])
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        http_stream = await self._offer(stream)
+        if http_stream is None:
+            return
+        state = ConnectionState(self.lifespan_state.copy())
+        priority = self.priority
+        if priority is None:
+            await TCPServer(self.asgi, self.config, self.context, state, http_stream)  # type: ignore[arg-type]
+            return
+        priority_stream = _PriorityStream(http_stream, priority)
+        try:
+            await TCPServer(self.asgi, self.config, self.context, state, priority_stream)  # type: ignore[arg-type]
+        finally:
+            priority_stream.unwatch()
+
+    async def _offer(self, stream: trio.SocketStream) -> trio.abc.Stream | None:
+        """The stream for hypercorn, or ``None`` if the taker served the connection."""
+        if self.take_connection is None:
+            return stream
+        with trio.CancelScope() as scope:
+            if self._stopping:
+                scope.cancel()
+            self._taken.add(scope)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(raise_shutdown, shutdown_trigger)
-                    nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(
-                        partial(
-                            trio.serve_listeners,
-                            handle,
-                            [trio_listener],
-                            handler_nursery=server_nursery,
-                        )
-                    )
-            except BaseExceptionGroup as error:
-                _, others = error.split(ShutdownError)
-                if others is not None:
-                    raise others from None
+                return await self.take_connection(stream)
             finally:
-                if priority is not None:
-                    priority.unwatch(listener.sock.fileno())
-                stopping = True
-                for scope in taken:
-                    scope.cancel()
-                await context.terminated.set()
-                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
+                self._taken.discard(scope)
+        return None
 
 
 #: How h11 ends a chunked body.
@@ -367,7 +431,7 @@ class _PriorityStream(trio.abc.HalfCloseableStream):
     expects of a plain TCP or Unix stream.
     """
 
-    def __init__(self, stream: Any, priority: RequestPriority) -> None:
+    def __init__(self, stream: Any, priority: InFlightRequests) -> None:
         self._stream = stream
         self._priority = priority
         self._in_flight = False
