@@ -203,6 +203,9 @@ class Session:
     """
 
     _session: KernelSession
+    # Ends the session's kernel, so whatever the session's clients connect
+    # through (a server's channel socket) is closed with it.
+    _registry: SessionRegistry = attrs.field(eq=False, repr=False)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Session) and other._session is self._session
@@ -365,22 +368,26 @@ class Session:
     async def kill(self) -> None:
         """Kill the kernel's whole process group; returns once it is gone.
 
+        On a server's session, its channel socket (Unix-socket transport) is
+        closed too, as ``POST /sessions/{id}/kill`` does.
+
         Errors:
             kallichore.errors.SessionStateError: the session has exited, or
                 its kernel has no process (adopted).
         """
-        await self._session.kill()
+        await self._registry.kill(self._session)
 
     async def shutdown(self) -> None:
         """Stop the kernel politely, escalating to SIGTERM and SIGKILL; returns when it is gone.
 
-        A no-op when no kernel is running.
+        A no-op when no kernel is running. On a server's session, its channel
+        socket (Unix-socket transport) is closed once the kernel is gone.
 
         Cancellation:
             The stop is not undone: the ladder runs shielded and bounded in
             the supervisor; cancelling the caller only stops its wait.
         """
-        await self._session.shutdown()
+        await self._registry.shutdown(self._session)
 
     @contextlib.asynccontextmanager
     async def attach(self) -> AsyncIterator[SessionChannel]:
@@ -432,7 +439,7 @@ class Supervisor:
     @property
     def sessions(self) -> list[Session]:
         """Every session, in creation order."""
-        return [Session(s) for s in self._registry.list()]
+        return [Session(s, self._registry) for s in self._registry.list()]
 
     def get(self, session_id: str) -> Session:
         """The session with this id.
@@ -440,10 +447,13 @@ class Supervisor:
         Errors:
             kallichore.errors.SessionNotFoundError: there is none.
         """
-        return Session(self._registry.get(session_id))
+        return Session(self._registry.get(session_id), self._registry)
 
     def delete(self, session_id: str) -> None:
         """Forget a session that has no running kernel.
+
+        On a server's session, its channel socket (Unix-socket transport) is
+        closed too, as ``DELETE /sessions/{id}`` does.
 
         Errors:
             kallichore.errors.SessionNotFoundError: there is none.
@@ -530,7 +540,7 @@ class Supervisor:
             connection_timeout=float(connection_timeout),
             protocol_version=protocol_version,
         )
-        return Session(self._registry.create(spec))
+        return Session(self._registry.create(spec), self._registry)
 
     async def shutdown_all(self) -> None:
         """Stop every running kernel, concurrently, each within its bounded ladder.

@@ -268,7 +268,6 @@ def register_routes(app: Quart, server: Server) -> None:
     @app.delete("/sessions/<session_id>")
     async def delete_session(session_id: str) -> Response:
         server.registry.delete(session_id)
-        server.channels.close(session_id)
         return null_response()
 
     @app.post("/sessions/<session_id>/start")
@@ -290,8 +289,7 @@ def register_routes(app: Quart, server: Server) -> None:
 
     @app.post("/sessions/<session_id>/kill")
     async def kill_session(session_id: str) -> Response:
-        await server.registry.get(session_id).kill()
-        server.channels.close(session_id)
+        await server.registry.kill(server.registry.get(session_id))
         return null_response()
 
     @app.post("/sessions/<session_id>/interrupt")

@@ -10,10 +10,12 @@ and the client opens its WebSocket there.
   uses the id's first 8 characters, so two ids sharing a prefix collide).
   The socket dir is ``--socket-dir`` or the main socket's directory. A path
   over the 104-byte limit is a 400 ``socket_path_too_long``.
-* **Lifetime:** bound with mode 0600 on first request, reused by later
-  requests for the same session while its listener is alive; closed and
-  unlinked on kill, delete and server exit (:meth:`ChannelSockets.close`,
-  :meth:`ChannelSockets.close_all`). Closing a listener does not end the
+* **Lifetime:** bound with mode 0600 (:mod:`kallichore.unix_socket`) on
+  first request, reused by later requests for the same session while its
+  listener is alive; closed and unlinked when the session's kernel is killed
+  or shut down and when the session is deleted, whoever asked (the session
+  registry calls :meth:`ChannelSockets.close`), and on server exit
+  (:meth:`ChannelSockets.close_all`). Closing a listener does not end the
   connection already served through it.
 * **Connections:** any number, one after another or overlapping; each new
   one takes the session over from the previous client. No authentication:

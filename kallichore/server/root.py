@@ -16,7 +16,8 @@ installs the handlers) or the idle watcher. Once it is set:
 1. hypercorn stops accepting connections and gives in-flight requests
    ``HTTP_GRACEFUL_TIMEOUT`` to finish (so ``/shutdown`` gets its reply);
 2. at the same time every session runs its shutdown ladder
-   (``shutdown_request``, SIGTERM, SIGKILL), each bounded;
+   (``shutdown_request``, SIGTERM, SIGKILL), each bounded, and its channel
+   socket is closed;
 3. the root nursery is cancelled, which ends the timers;
 4. the listener is closed and its socket file removed.
 
@@ -49,6 +50,7 @@ from kallichore.server.announce import (
 from kallichore.server.idle import IdleWatcher
 from kallichore.server.listener import BoundListener, bind_listener
 from kallichore.server.memory import MemoryTrimmer
+from kallichore.server.priority import RequestPriority
 from kallichore.server.resources import ResourceSampler
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
@@ -92,6 +94,10 @@ class Server:
         idle: the idle-shutdown watcher.
         sampler: the resource-sampling clock.
         trimmer: gives the heap back to the system after output floods.
+        priority: REST requests in flight, which the sessions' output pumps
+            wait for (wired into the registry and the HTTP server).
+        channels: per-session channel sockets (Unix-socket transport),
+            closed by the registry when a session ends.
         shutdown_requested: set once, by whatever asks the server to stop.
         started_at: trio time of start.
         started_wall: wall-clock time of start (UTC).
@@ -109,9 +115,9 @@ class Server:
     idle_shutdown_hours: int | None = attrs.field(init=False)
     idle: IdleWatcher = attrs.field(init=False)
     sampler: ResourceSampler = attrs.field(init=False)
-    # Per-session channel sockets (Unix-socket transport).
     channels: ChannelSockets = attrs.field(init=False)
     trimmer: MemoryTrimmer = attrs.field(factory=MemoryTrimmer)
+    priority: RequestPriority = attrs.field(factory=RequestPriority)
 
     def __attrs_post_init__(self) -> None:
         self.channels = ChannelSockets(
@@ -122,6 +128,8 @@ class Server:
             allow_unsigned_messages=self.config.allow_unsigned_kernel_messages,
             outlive_server=self.config.kernels_outlive_server,
         )
+        self.registry.priority = self.priority
+        self.registry.endpoints = self.channels
         self.idle_shutdown_hours = self.config.idle_shutdown_hours
         self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(
@@ -206,7 +214,7 @@ async def serve(
                             if config.transport is Transport.TCP
                             else None
                         ),
-                        priority=server.registry.priority,
+                        priority=server.priority,
                     )
                 )
                 _announce(config, listener, server, written)
@@ -223,7 +231,7 @@ async def serve(
             remove_connection_file(file)
         if server is not None:
             server.channels.close_all()
-            server.registry.priority.close()
+            server.priority.close()
         listener.close()
 
 

@@ -6,6 +6,13 @@ is contained inside its own task and never reaches its siblings.
 
 Server-wide figures (``GET /status``, the idle check, the resource sampler)
 are computed here from the sessions' own statistics.
+
+The registry is also where a session's end is final for whatever clients
+reach it through (the per-session channel sockets of the Unix-socket
+transport): :meth:`SessionRegistry.kill`, :meth:`SessionRegistry.shutdown`,
+:meth:`SessionRegistry.shutdown_all` and :meth:`SessionRegistry.delete` close
+the session's :class:`ClientEndpoints`, whoever called them (REST, embedding,
+server shutdown). The server wires the real ones in; by default there are none.
 """
 
 from __future__ import annotations
@@ -15,21 +22,36 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
-from kallichore.server.priority import RequestPriority
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
 from kallichore.supervisor.lifeline import Lifeline, open_lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortReservations
+from kallichore.supervisor.pumps import OpenGate, PumpGate
 from kallichore.supervisor.session import KernelSession, SessionSpec
 
-__all__ = ["RegistryStatistics", "SessionRegistry"]
+__all__ = ["ClientEndpoints", "NoEndpoints", "RegistryStatistics", "SessionRegistry"]
 
 logger = logging.getLogger(__name__)
+
+
+class ClientEndpoints(Protocol):
+    """What clients reach sessions through, beyond the server's own listener."""
+
+    def close(self, session_id: str) -> None:
+        """Stop accepting clients for this session (no-op if there is nothing)."""
+
+
+class NoEndpoints:
+    """No per-session endpoints (embedding without a server, TCP transport)."""
+
+    def close(self, session_id: str) -> None:
+        """Nothing to close."""
 
 
 @attrs.frozen
@@ -60,8 +82,11 @@ class SessionRegistry:
     on_activity: Callable[[], None] = lambda: None
     #: Bound on each session's buffer of frames for its client.
     client_buffer_bytes: int = DEFAULT_OUTBOX_LIMIT
-    #: Given to every session: their output pumps wait for REST requests.
-    priority: RequestPriority = attrs.field(factory=RequestPriority)
+    #: Given to every session: their output pumps wait for REST requests
+    #: (the server wires in its request priority; by default nothing waits).
+    priority: PumpGate = attrs.field(factory=OpenGate)
+    #: Closed for a session when it ends or is deleted.
+    endpoints: ClientEndpoints = attrs.field(factory=NoEndpoints)
     #: Given to every session: trust of kernel messages, kernel lifetime.
     kernel_policy: KernelPolicy = attrs.field(factory=KernelPolicy)
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
@@ -103,7 +128,8 @@ class SessionRegistry:
             self._activity,
             files_dir=self._files_dir,
             outbox=Outbox(self.client_buffer_bytes),
-            priority=self.priority,
+            # The session takes the gate protocol once it is split up.
+            priority=self.priority,  # type: ignore[arg-type]
             policy=self.kernel_policy,
             lifeline=self._lifeline,
         )
@@ -126,8 +152,33 @@ class SessionRegistry:
                 http_status=400,
             )
         del self._sessions[session_id]
+        self.endpoints.close(session_id)
         session.release_resources()
         session.log.info("deleted")
+
+    async def kill(self, session: KernelSession) -> None:
+        """Kill a session's kernel (:meth:`KernelSession.kill`), then close its endpoints.
+
+        Raises what :meth:`KernelSession.kill` raises; nothing is closed then.
+        """
+        await session.kill()
+        self._close_endpoints(session)
+
+    async def shutdown(self, session: KernelSession) -> None:
+        """Stop a session's kernel politely (bounded ladder) and close its endpoints.
+
+        **Cancellation:** the ladder goes on (it runs shielded in the
+        session's task); the endpoints are closed at once.
+        """
+        try:
+            await session.shutdown()
+        finally:
+            self._close_endpoints(session)
+
+    def _close_endpoints(self, session: KernelSession) -> None:
+        # Only while it is registered: after a delete, the id may be another's.
+        if self._sessions.get(session.session_id) is session:
+            self.endpoints.close(session.session_id)
 
     def _activity(self) -> None:
         self.on_activity()
@@ -171,7 +222,7 @@ class SessionRegistry:
         One session per scheduler pass: psutil takes milliseconds per
         process tree, and other tasks must not wait for all of them at once.
         Like the output pumps, sampling steps aside while an HTTP request is
-        in flight (:mod:`kallichore.server.priority`).
+        in flight (the server's :class:`~kallichore.supervisor.pumps.PumpGate`).
         """
         for session in list(self._sessions.values()):
             if session.connected:
@@ -180,14 +231,17 @@ class SessionRegistry:
                 await trio.lowlevel.checkpoint()
 
     async def shutdown_all(self) -> None:
-        """Stop every running session, concurrently, each within its own bound."""
+        """Stop every running session, concurrently, each within its own bound.
+
+        Each one's endpoints are closed once it has stopped.
+        """
         running = [s for s in self._sessions.values() if s.is_running()]
         if not running:
             return
         logger.info("Stopping %d running session(s)", len(running))
         async with trio.open_nursery() as nursery:
             for session in running:
-                nursery.start_soon(session.shutdown)
+                nursery.start_soon(self.shutdown, session)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the sessions' nursery until cancelled.

@@ -356,6 +356,39 @@ async def test_cancelling_serve_stops_its_kernels(
     assert not existing([address.socket_path])
 
 
+@pytest.mark.parametrize("kallichore_transport", ["socket"])
+async def test_ending_a_session_in_process_closes_its_channel_socket(
+    kallichore_server_config: ServerConfig, fake_kernel_argv: ArgvFactory
+) -> None:
+    server = Server(kallichore_server_config)
+    sup = Supervisor.of_server(server)
+
+    async def channel_socket(session: Session) -> str:
+        status, path = await aget(address, f"/sessions/{session.session_id}/channels")
+        assert status == 200
+        assert existing([path]) == [path]
+        return str(path)
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(partial(serve, kallichore_server_config, server=server))
+        killed, stopped = (sup.create_session(argv=fake_kernel_argv()) for _ in range(2))
+        for session in (killed, stopped):
+            await session.start()
+
+        path = await channel_socket(killed)
+        await killed.kill()
+        assert not existing([path]), "Session.kill closes it, as POST .../kill does"
+
+        path = await channel_socket(killed)  # a client asks again for the exited session
+        sup.delete(killed.session_id)
+        assert not existing([path]), "Supervisor.delete closes it, as DELETE does"
+
+        path = await channel_socket(stopped)
+        await stopped.shutdown()
+        assert not existing([path]), "Session.shutdown closes it"
+        nursery.cancel_scope.cancel()
+
+
 async def test_two_servers_in_one_process(
     kallichore_server: ServerAddress, kallichore_server_config: ServerConfig
 ) -> None:
