@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from kallichore.api.access_log import AccessLogMiddleware, note_auth_failure
+from kallichore.api.context import ApiContext
 from kallichore.api.errors import register_error_handlers, response_for_error
 from kallichore.api.routes import register_routes
 from kallichore.errors import AuthenticationError
 from kallichore.protocol.auth import UNAUTHENTICATED, auth_failure
 
-if TYPE_CHECKING:
-    from kallichore.server.root import Server
-
 __all__ = ["create_app"]
 
 
-def create_app(server: Server) -> QuartTrio:
-    """The REST (and WebSocket) application serving ``server``.
+def create_app(context: ApiContext) -> QuartTrio:
+    """The REST (and WebSocket) application of one server, seeing it through ``context``.
 
     Routing is on the path only; query strings are ignored. Authentication
     runs before any handler (so 401 wins over 404 for an unknown session),
@@ -30,7 +26,7 @@ def create_app(server: Server) -> QuartTrio:
     app = QuartTrio("kallichore")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024  # bytes; same as WebSocket messages
-    token = server.config.token
+    token = context.token
 
     @app.before_request
     async def require_token() -> Response | None:
@@ -56,6 +52,6 @@ def create_app(server: Server) -> QuartTrio:
         return response_for_error(AuthenticationError(failure))
 
     register_error_handlers(app)
-    register_routes(app, server)
+    register_routes(app, context)
     app.asgi_app = AccessLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app

@@ -1,9 +1,15 @@
 """REST handlers, named after the operationIds in ``kallichore.json``.
 
 Handlers are thin: parse the body (:mod:`kallichore.protocol.converter`), call
-into the server's services, build the response. Errors are raised as
+into the services of their :class:`~kallichore.api.context.ApiContext` (the
+only thing they see of the server), build the response. Errors are raised as
 :class:`~kallichore.errors.KallichoreError` and turned into bodies by
 :mod:`kallichore.api.errors`.
+
+Routes are registered in groups, one per resource: the server itself
+(status, OpenAPI document, shutdown), its configuration and heartbeats, the
+session collection, one session's kernel, and its channels
+(:mod:`kallichore.api.channel_route`).
 """
 
 from __future__ import annotations
@@ -12,13 +18,13 @@ import functools
 import importlib.resources
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import trio
 from quart import Quart, Response, request
 
+from kallichore.api.channel_route import register_channel_route
+from kallichore.api.context import ApiContext
 from kallichore.api.responses import json_response, null_response
-from kallichore.channels.bridge import register_channel_route
 from kallichore.config import (
     MAX_IDLE_SHUTDOWN_HOURS,
     MAX_SAMPLE_INTERVAL_MS,
@@ -41,9 +47,6 @@ from kallichore.protocol.models import (
 from kallichore.supervisor.launch import find_on_path
 from kallichore.supervisor.session import SessionSpec
 from kallichore.wire import connection_file as wire_connection
-
-if TYPE_CHECKING:
-    from kallichore.server.root import Server
 
 __all__ = ["MAX_PID", "build_server_status", "openapi_document", "register_routes"]
 
@@ -147,11 +150,12 @@ def session_spec(body: NewSession) -> SessionSpec:
     )
 
 
-def build_server_status(server: Server) -> ServerStatus:
+def build_server_status(context: ApiContext) -> ServerStatus:
     """The ``serverStatus`` figures of ``GET /status``."""
-    stats = server.registry.statistics()
+    stats = context.registry.statistics()
+    identity = context.identity
     now = trio.current_time()
-    uptime = now - server.started_at
+    uptime = now - identity.started_at
     if stats.sessions == 0:
         idle_seconds = uptime
     elif stats.latest_idle_since is not None:
@@ -166,10 +170,10 @@ def build_server_status(server: Server) -> ServerStatus:
         idle_seconds=int(idle_seconds),
         busy_seconds=int(busy_seconds),
         uptime_seconds=int(uptime),
-        version=server.config.api_version,
-        process_id=server.process_id,
-        started=format_timestamp(server.started_wall),
-        server_id=server.server_id,
+        version=identity.api_version,
+        process_id=identity.process_id,
+        started=format_timestamp(identity.started_wall),
+        server_id=identity.server_id,
     )
 
 
@@ -195,24 +199,42 @@ def _validate_configuration(body: ServerConfiguration) -> ServerConfiguration:
     return body
 
 
-def register_routes(app: Quart, server: Server) -> None:
+def register_routes(app: Quart, context: ApiContext) -> None:
     """Attach every handler to ``app``."""
+    _register_server_routes(app, context)
+    _register_configuration_routes(app, context)
+    _register_session_collection_routes(app, context)
+    _register_kernel_routes(app, context)
+    register_channel_route(app, context)
+
+
+def _register_server_routes(app: Quart, context: ApiContext) -> None:
+    """``/status``, ``/openapi.json``, ``/shutdown``."""
 
     @app.get("/status")
     async def server_status() -> Response:
-        return json_response(unstructure(build_server_status(server)))
+        return json_response(unstructure(build_server_status(context)))
 
     @app.get("/openapi.json")
     async def get_openapi() -> Response:
         return Response(openapi_document(), content_type="application/json")
 
+    @app.post("/shutdown")
+    async def shutdown_server() -> Response:
+        context.request_shutdown("requested by a client (POST /shutdown)")
+        return null_response()
+
+
+def _register_configuration_routes(app: Quart, context: ApiContext) -> None:
+    """``/server_configuration`` (both ways) and ``/client_heartbeat``."""
+
     @app.get("/server_configuration")
     async def get_server_configuration() -> Response:
-        hours = server.idle_shutdown_hours
+        hours = context.idle_shutdown_hours
         config = ServerConfiguration(
             idle_shutdown_hours=hours if hours is not None and hours >= 0 else None,
-            resource_sample_interval_ms=server.sampler.interval_ms,
-            log_level=LogLevel(server.config.log_level) if server.config.log_level else None,
+            resource_sample_interval_ms=context.sampler.interval_ms,
+            log_level=LogLevel(context.log_level) if context.log_level else None,
         )
         return json_response(unstructure(config))
 
@@ -222,13 +244,13 @@ def register_routes(app: Quart, server: Server) -> None:
             parse_body(await _body(), ServerConfiguration, name="ServerConfiguration")
         )
         if body.idle_shutdown_hours is not None:
-            server.idle_shutdown_hours = body.idle_shutdown_hours
-            server.idle.set_period(idle_shutdown_period(body.idle_shutdown_hours))
+            context.idle_shutdown_hours = body.idle_shutdown_hours
+            context.idle.set_period(idle_shutdown_period(body.idle_shutdown_hours))
         if body.resource_sample_interval_ms is not None:
             interval = body.resource_sample_interval_ms
             if 0 < interval < MIN_SAMPLE_INTERVAL_MS:
                 interval = MIN_SAMPLE_INTERVAL_MS
-            server.sampler.set_interval(interval)
+            context.sampler.set_interval(interval)
             logger.info("Resource sample interval set to %d ms", interval)
         if body.log_level is not None:
             logger.info(
@@ -241,43 +263,48 @@ def register_routes(app: Quart, server: Server) -> None:
         body = parse_body(await _body(), ClientHeartbeat, name="ClientHeartbeat")
         if body.process_id is not None and not 0 <= body.process_id <= MAX_PID:
             raise BadRequestError(f"process_id must be between 0 and {MAX_PID}")
-        server.idle.track_client(body.process_id)
-        server.idle.nudge()
+        context.idle.track_client(body.process_id)
+        context.idle.nudge()
         return null_response()
 
-    @app.post("/shutdown")
-    async def shutdown_server() -> Response:
-        server.request_shutdown("requested by a client (POST /shutdown)")
-        return null_response()
+
+def _register_session_collection_routes(app: Quart, context: ApiContext) -> None:
+    """``/sessions`` and ``/sessions/{id}``: list, create, read, delete."""
+    registry = context.registry
 
     @app.get("/sessions")
     async def list_sessions() -> Response:
-        sessions = [s.to_json() for s in server.registry.list()]
+        sessions = [s.to_json() for s in registry.list()]
         return json_response({"total": len(sessions), "sessions": sessions})
 
     @app.put("/sessions")
     async def new_session() -> Response:
         body = parse_body(await _body(), NewSession, name="NewSession")
-        session = server.registry.create(session_spec(body))
+        session = registry.create(session_spec(body))
         return json_response({"session_id": session.session_id})
 
     @app.get("/sessions/<session_id>")
     async def get_session(session_id: str) -> Response:
-        return json_response(server.registry.get(session_id).to_json())
+        return json_response(registry.get(session_id).to_json())
 
     @app.delete("/sessions/<session_id>")
     async def delete_session(session_id: str) -> Response:
-        server.registry.delete(session_id)
+        registry.delete(session_id)
         return null_response()
+
+
+def _register_kernel_routes(app: Quart, context: ApiContext) -> None:
+    """One session's kernel: start, restart, kill, interrupt, adopt, connection info."""
+    registry = context.registry
 
     @app.post("/sessions/<session_id>/start")
     async def start_session(session_id: str) -> Response:
-        session = server.registry.get(session_id)
+        session = registry.get(session_id)
         return json_response(await session.start())
 
     @app.post("/sessions/<session_id>/restart")
     async def restart_session(session_id: str) -> Response:
-        session = server.registry.get(session_id)
+        session = registry.get(session_id)
         data = await _body()
         body = RestartSession()
         if data.strip() and data.strip() != b"null":
@@ -289,17 +316,17 @@ def register_routes(app: Quart, server: Server) -> None:
 
     @app.post("/sessions/<session_id>/kill")
     async def kill_session(session_id: str) -> Response:
-        await server.registry.kill(server.registry.get(session_id))
+        await registry.kill(registry.get(session_id))
         return null_response()
 
     @app.post("/sessions/<session_id>/interrupt")
     async def interrupt_session(session_id: str) -> Response:
-        await server.registry.get(session_id).interrupt()
+        await registry.get(session_id).interrupt()
         return null_response()
 
     @app.put("/sessions/<session_id>/adopt")
     async def adopt_session(session_id: str) -> Response:
-        session = server.registry.get(session_id)
+        session = registry.get(session_id)
         body = parse_body(await _body(), ConnectionInfo, name="ConnectionInfo")
         try:
             info = wire_connection.ConnectionInfo.from_json_dict(unstructure(body))
@@ -309,7 +336,5 @@ def register_routes(app: Quart, server: Server) -> None:
 
     @app.get("/sessions/<session_id>/connection_info")
     async def connection_info(session_id: str) -> Response:
-        info = server.registry.get(session_id).get_connection_info()
+        info = registry.get(session_id).get_connection_info()
         return json_response(info.to_json_dict())
-
-    register_channel_route(app, server)

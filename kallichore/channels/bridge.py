@@ -2,8 +2,9 @@
 
 A client (Positron) talks Jupyter to a session over one WebSocket, reached
 either by upgrading ``GET /sessions/{id}/channels`` on the TCP server
-(:mod:`kallichore.channels.tcp_channels`, or this module's app route for an
-upgrade on a kept-alive connection) or through a per-session Unix socket
+(:mod:`kallichore.channels.tcp_channels`, or the app's route
+:mod:`kallichore.api.channel_route` for an upgrade on a kept-alive
+connection) or through a per-session Unix socket
 (:mod:`kallichore.channels.channel_socket`). All of them run the same bridge,
 :func:`serve_channel`, against a small :class:`ChannelConnection` interface.
 
@@ -63,20 +64,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import orjson
 import trio
 
-from kallichore.config import Transport
-from kallichore.errors import ErrorCode, KallichoreError, RemoteProtocolError, SessionNotFoundError
+from kallichore.errors import RemoteProtocolError
 from kallichore.protocol.envelope import parse_client_frame
 
 if TYPE_CHECKING:
-    from quart import Quart, Response
-
-    from kallichore.server.root import Server
     from kallichore.supervisor.session import ClientAttachment, KernelSession
 
 __all__ = [
@@ -86,7 +83,6 @@ __all__ = [
     "TAKEOVER_NOTICE",
     "ChannelClosedError",
     "ChannelConnection",
-    "register_channel_route",
     "serve_channel",
 ]
 
@@ -102,8 +98,6 @@ DRAIN_TIMEOUT = 5.0  # seconds
 TAKEOVER_NOTICE = orjson.dumps(
     {"kind": "kernel", "clientDisconnected": "Another client is connecting to this session."}
 )
-
-_CHANNELS_PATH = "/sessions/<session_id>/channels"
 
 
 class ChannelClosedError(Exception):
@@ -324,107 +318,3 @@ class _Bridge:
                 await trio.sleep(PING_INTERVAL)
         finally:
             self._end()
-
-
-# ------------------------------------------------------------------- TCP route
-
-
-class _QuartConnection:
-    """A Quart websocket as a :class:`ChannelConnection`.
-
-    hypercorn answers pings and sends its own (``websocket_ping_interval``),
-    so ``pongs_received`` is ``None`` and the bridge sends none.
-    """
-
-    def __init__(self, ws: Any) -> None:
-        self._ws = ws
-
-    @property
-    def pongs_received(self) -> int | None:
-        return None
-
-    async def send_frames(self, frames: Sequence[bytes]) -> int:
-        # One ASGI event per message: this route is the fallback for an
-        # upgrade that came on a kept-alive HTTP connection.
-        await self._ws.send(frames[0].decode("utf-8", errors="replace"))
-        return 1
-
-    async def flush(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    can_write_now = False
-
-    def write_now(self, frames: Sequence[bytes]) -> int:
-        return 0
-
-    def needs_flush(self) -> bool:
-        return False
-
-    async def send_ping(self, payload: bytes) -> None:  # pragma: no cover - not used
-        raise NotImplementedError
-
-    async def receive(self) -> str | bytes | None:
-        # quart-trio delivers an empty binary frame as None; a disconnect
-        # cancels the handler instead of returning.
-        message: str | bytes | None = await self._ws.receive()
-        return b"" if message is None else message
-
-
-def register_channel_route(app: Quart, server: Server) -> None:
-    """Serve ``GET /sessions/{id}/channels`` (operationId ``channels_upgrade``).
-
-    One view serves both the HTTP rule and the WebSocket rule of the path:
-
-    * socket transport: any GET (with or without upgrade headers) returns
-      the path of the session's channel socket as a JSON string (404 for an
-      unknown session, 400 ``socket_path_too_long``/``domain_socket_error``);
-    * TCP transport: a WebSocket upgrade runs the bridge; an unknown session
-      is a 400 ``KS-1`` error *before* accepting, so the session's current
-      client is not disturbed; a plain GET is a 400 error.
-
-    The bearer token is checked first by the app's before-request and
-    before-websocket hooks.
-    """
-    # The HTTP stack is imported only by the app (kallichore.server imports
-    # this module for the bridge, and stays light).
-    from quart import has_websocket_context, websocket
-
-    from kallichore.api.responses import json_response
-
-    async def channels_upgrade(session_id: str) -> Response | None:
-        if server.config.transport is Transport.SOCKET:
-            session = server.registry.get(session_id)
-            return json_response(server.channels.open(session))
-        if not has_websocket_context():
-            return json_response(
-                {
-                    "code": ErrorCode.BAD_REQUEST.value,
-                    "message": "This endpoint requires a WebSocket upgrade",
-                    "details": "Connect with a WebSocket client to "
-                    f"/sessions/{session_id}/channels",
-                },
-                400,
-            )
-        try:
-            session = server.registry.get(session_id)
-        except SessionNotFoundError:
-            error = KallichoreError(
-                ErrorCode.SESSION_NOT_FOUND,
-                f"Session {session_id} not found",
-                "Establishing a websocket connection requires a valid session ID",
-                http_status=400,
-            )
-            return json_response(error.to_body(), error.http_status)
-        await websocket.accept()
-        session.log.info("client connected over TCP")
-        await serve_channel(session, _QuartConnection(websocket))
-        return None
-
-    # One view for both rules (Quart requires that of a shared endpoint).
-    app.add_url_rule(
-        _CHANNELS_PATH,
-        "channels_upgrade",
-        channels_upgrade,  # type: ignore[arg-type]
-        methods=["GET"],
-    )
-    app.add_websocket(_CHANNELS_PATH, "channels_upgrade", channels_upgrade)

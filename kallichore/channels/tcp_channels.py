@@ -42,7 +42,7 @@ from kallichore.logs import SessionLog, log_access, masked_query
 from kallichore.protocol.auth import authorized
 
 if TYPE_CHECKING:
-    from kallichore.server.root import Server
+    from kallichore.supervisor.registry import SessionRegistry
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "TcpChannelUpgrades"]
 
@@ -93,9 +93,17 @@ class _ReplayStream(trio.abc.HalfCloseableStream):
 
 @attrs.define(eq=False)
 class TcpChannelUpgrades:
-    """Takes channel upgrades off the TCP listener (see module docstring)."""
+    """Takes channel upgrades off the TCP listener (see module docstring).
 
-    server: Server
+    Attributes:
+        registry: the sessions a client may connect to.
+        token: the bearer token an upgrade must carry (``None``: none needed).
+        max_message_bytes: largest message a client may send (1009 beyond).
+    """
+
+    registry: SessionRegistry
+    token: str | None = attrs.field(kw_only=True, repr=False)
+    max_message_bytes: int = attrs.field(kw_only=True)
 
     async def __call__(self, stream: trio.SocketStream) -> trio.abc.Stream | None:
         """Serve ``stream`` if it is an acceptable channel upgrade; else give it back.
@@ -152,12 +160,12 @@ class TcpChannelUpgrades:
         authorization = headers.get(b"authorization")
         if not authorized(
             authorization.decode("latin-1") if authorization is not None else None,
-            self.server.config.token,
+            self.token,
         ):
             return None
         session_id = match.group(1)
         try:
-            self.server.registry.get(session_id)
+            self.registry.get(session_id)
         except SessionNotFoundError:
             return None
         return session_id, key, end.end(), raw_path + masked_query(query.encode())
@@ -168,14 +176,14 @@ class TcpChannelUpgrades:
         start = time.perf_counter()
         try:
             try:
-                session = self.server.registry.get(session_id)
+                session = self.registry.get(session_id)
                 await stream.send_all(upgrade_response(key))
             except (SessionNotFoundError, trio.BrokenResourceError, trio.ClosedResourceError):
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 return
             conn = StreamChannelConnection(
-                stream, initial=trailing, max_message_bytes=self.server.config.max_message_bytes
+                stream, initial=trailing, max_message_bytes=self.max_message_bytes
             )
             session.log.info("client connected over TCP")
             try:

@@ -4,10 +4,18 @@
 
     serve(config)                          root nursery
     ├── SessionRegistry.run                sessions' nursery (one task per session)
+    ├── ChannelSockets.run                 per-session channel sockets (Unix transport)
     ├── IdleWatcher.run                    moving-deadline idle timer
     ├── ResourceSampler.run                moving-deadline sampling clock
+    ├── MemoryTrimmer.run                  heap back to the system after floods
     └── http nursery
         └── serve_http (hypercorn worker)  REST + WebSocket, drains on shutdown
+
+:class:`Server` builds and wires the parts: the registry gets the request
+priority (its sessions' pumps wait for REST requests) and the channel sockets
+(it closes a session's socket when the session ends or is deleted); the REST
+API gets an :class:`~kallichore.api.context.ApiContext` (:attr:`Server.api`)
+and sees nothing else of the server. Nothing below imports this module.
 
 Shutdown has one trigger, :attr:`Server.shutdown_requested` (a
 :class:`trio.Event`), set by ``POST /shutdown``, SIGINT/SIGTERM (the CLI
@@ -38,6 +46,7 @@ import attrs
 import trio
 
 from kallichore import fd_limit
+from kallichore.api.context import ApiContext, ServerIdentity
 from kallichore.channels.channel_socket import ChannelSockets, channel_socket_dir
 from kallichore.config import ServerConfig, Transport, idle_shutdown_period
 from kallichore.server.announce import (
@@ -98,6 +107,7 @@ class Server:
             wait for (wired into the registry and the HTTP server).
         channels: per-session channel sockets (Unix-socket transport),
             closed by the registry when a session ends.
+        api: what the REST API's handlers see of this server.
         shutdown_requested: set once, by whatever asks the server to stop.
         started_at: trio time of start.
         started_wall: wall-clock time of start (UTC).
@@ -111,34 +121,56 @@ class Server:
     started_wall: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.UTC))
     process_id: int = attrs.field(factory=os.getpid)
     shutdown_reason: str | None = attrs.field(default=None, init=False)
-    # The idle setting as last given in hours (GET /server_configuration).
-    idle_shutdown_hours: int | None = attrs.field(init=False)
     idle: IdleWatcher = attrs.field(init=False)
     sampler: ResourceSampler = attrs.field(init=False)
     channels: ChannelSockets = attrs.field(init=False)
     trimmer: MemoryTrimmer = attrs.field(factory=MemoryTrimmer)
     priority: RequestPriority = attrs.field(factory=RequestPriority)
+    api: ApiContext = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        config = self.config
         self.channels = ChannelSockets(
-            channel_socket_dir(self.config), max_message_bytes=self.config.max_message_bytes
+            channel_socket_dir(config), max_message_bytes=config.max_message_bytes
         )
-        self.registry.client_buffer_bytes = self.config.client_buffer_bytes
+        self.registry.client_buffer_bytes = config.client_buffer_bytes
         self.registry.kernel_policy = KernelPolicy(
-            allow_unsigned_messages=self.config.allow_unsigned_kernel_messages,
-            outlive_server=self.config.kernels_outlive_server,
+            allow_unsigned_messages=config.allow_unsigned_kernel_messages,
+            outlive_server=config.kernels_outlive_server,
         )
         self.registry.priority = self.priority
         self.registry.endpoints = self.channels
-        self.idle_shutdown_hours = self.config.idle_shutdown_hours
         self.registry.on_activity = lambda: self.idle.nudge()
         self.idle = IdleWatcher(
-            idle_shutdown_period(self.config.idle_shutdown_hours),
+            idle_shutdown_period(config.idle_shutdown_hours),
             self.registry.is_active,
             partial(self.request_shutdown, "idle timeout"),
         )
         self.sampler = ResourceSampler(
-            self.config.resource_sample_interval_ms, self.registry.sample_resources
+            config.resource_sample_interval_ms, self.registry.sample_resources
+        )
+        self.api = self._api_context()
+
+    def _api_context(self) -> ApiContext:
+        """What the REST API's handlers get of this server: nothing else."""
+        config = self.config
+        return ApiContext(
+            registry=self.registry,
+            identity=ServerIdentity(
+                server_id=self.server_id,
+                process_id=self.process_id,
+                started_at=self.started_at,
+                started_wall=self.started_wall,
+                api_version=config.api_version,
+            ),
+            token=config.token,
+            transport=config.transport,
+            log_level=config.log_level,
+            idle=self.idle,
+            sampler=self.sampler,
+            channel_sockets=self.channels,
+            request_shutdown=self.request_shutdown,
+            idle_shutdown_hours=config.idle_shutdown_hours,
         )
 
     def request_shutdown(self, reason: str) -> None:
@@ -182,14 +214,6 @@ async def serve(
     **Cancellation:** cancelling the task shuts everything down (sessions
     included, each within its bound) and removes the socket file.
     """
-    # Import here: the HTTP stack is the heaviest import and pure-library
-    # users of kallichore.server (tests of the idle logic) don't need it.
-    from kallichore.api.app import create_app
-    from kallichore.api.http import serve_http
-    from kallichore.api.server_refusals import install_refusal_bodies
-    from kallichore.channels.tcp_channels import TcpChannelUpgrades
-
-    install_refusal_bodies()
     listener = listener if listener is not None else bind_listener(config)
     written: list[WrittenFile] = []
     fd_limit.log_limits()
@@ -202,21 +226,7 @@ async def serve(
             root.start_soon(server.sampler.run)
             root.start_soon(server.trimmer.run)
             async with trio.open_nursery() as http:
-                await http.start(
-                    partial(
-                        serve_http,
-                        create_app(server),
-                        listener,
-                        shutdown_trigger=server.shutdown_requested.wait,
-                        max_message_bytes=config.max_message_bytes,
-                        take_connection=(
-                            TcpChannelUpgrades(server)
-                            if config.transport is Transport.TCP
-                            else None
-                        ),
-                        priority=server.priority,
-                    )
-                )
+                await http.start(_serve_http, config, server, listener)
                 _announce(config, listener, server, written)
                 task_status.started(_address(config, listener, server))
                 logger.info("Server %s ready", server.server_id)
@@ -233,6 +243,45 @@ async def serve(
             server.channels.close_all()
             server.priority.close()
         listener.close()
+
+
+async def _serve_http(
+    config: ServerConfig,
+    server: Server,
+    listener: BoundListener,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the REST API (and, on TCP, channel upgrades) until shutdown is requested.
+
+    ``config`` is what :func:`serve` was given; the app and the channel
+    upgrades follow ``server``'s own configuration (the same one, unless an
+    embedding application passed a server made with another).
+    """
+    # Import here: the HTTP stack is the heaviest import and pure-library
+    # users of kallichore.server (tests of the idle logic) don't need it.
+    from kallichore.api.app import create_app
+    from kallichore.api.http import serve_http
+    from kallichore.api.server_refusals import install_refusal_bodies
+    from kallichore.channels.tcp_channels import TcpChannelUpgrades
+
+    install_refusal_bodies()
+    upgrades = None
+    if config.transport is Transport.TCP:
+        upgrades = TcpChannelUpgrades(
+            server.registry,
+            token=server.config.token,
+            max_message_bytes=server.config.max_message_bytes,
+        )
+    await serve_http(
+        create_app(server.api),
+        listener,
+        shutdown_trigger=server.shutdown_requested.wait,
+        max_message_bytes=config.max_message_bytes,
+        take_connection=upgrades,
+        priority=server.priority,
+        task_status=task_status,
+    )
 
 
 def _announce(

@@ -34,7 +34,7 @@ async def server() -> Server:
 
 @pytest.fixture
 async def client(server: Server) -> Any:
-    return create_app(server).test_client()
+    return create_app(server.api).test_client()
 
 
 async def request(
@@ -87,7 +87,7 @@ async def test_status_counts_idle_time_since_start_with_no_sessions(
 
 async def test_api_version_is_configurable() -> None:
     server = Server(ServerConfig(token=None, api_version="0.1.68"))
-    _, body, _ = await request(create_app(server).test_client(), "GET", "/status")
+    _, body, _ = await request(create_app(server.api).test_client(), "GET", "/status")
     assert json.loads(body)["version"] == "0.1.68"
 
 
@@ -120,7 +120,7 @@ async def test_every_other_endpoint_requires_the_token(
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
 async def test_no_token_mode_accepts_anything(method: str, path: str, body: bytes | None) -> None:
-    client = create_app(Server(ServerConfig(token=None))).test_client()
+    client = create_app(Server(ServerConfig(token=None)).api).test_client()
     for headers in ({}, {"Authorization": "Bearer null"}):
         status, _, _ = await request(client, method, path, body, headers)
         assert status == 200
@@ -212,7 +212,7 @@ async def test_server_configuration_reports_flags() -> None:
         token=None, idle_shutdown_hours=5, resource_sample_interval_ms=250, log_level="debug"
     )
     _, body, _ = await request(
-        create_app(Server(config)).test_client(), "GET", "/server_configuration"
+        create_app(Server(config).api).test_client(), "GET", "/server_configuration"
     )
     assert json.loads(body) == {
         "idle_shutdown_hours": 5,

@@ -119,7 +119,7 @@ async def test_one_access_line_per_request_and_failed_auth_is_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="kallichore.access")
-    client = create_app(Server(ServerConfig(token=TOKEN))).test_client()
+    client = create_app(Server(ServerConfig(token=TOKEN)).api).test_client()
     auth = {"Authorization": f"Bearer {TOKEN}"}
     await client.get("/status")
     await client.get("/sessions", headers=auth)
@@ -152,7 +152,7 @@ async def test_refused_websocket_upgrade_is_logged(caplog: pytest.LogCaptureFixt
     from quart.testing import WebsocketResponseError
 
     caplog.set_level(logging.INFO, logger="kallichore.access")
-    client = create_app(Server(ServerConfig(token=TOKEN))).test_client()
+    client = create_app(Server(ServerConfig(token=TOKEN)).api).test_client()
     with pytest.RaisesGroup(WebsocketResponseError, flatten_subgroups=True):
         async with client.websocket("/sessions/s1/channels") as ws:
             await ws.receive()

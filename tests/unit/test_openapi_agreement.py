@@ -35,7 +35,7 @@ def documented() -> dict[tuple[str, str], dict[str, Any]]:
 
 async def served() -> dict[tuple[str, str], str]:
     """``(method, path) -> endpoint`` for every rule, HTTP and WebSocket alike."""
-    app = create_app(Server(ServerConfig(token=None)))
+    app = create_app(Server(ServerConfig(token=None)).api)
     ops = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
@@ -114,7 +114,7 @@ def test_document_basics() -> None:
 
 
 async def test_openapi_json_is_served_without_a_token() -> None:
-    client = create_app(Server(ServerConfig(token="s3cret-token"))).test_client()
+    client = create_app(Server(ServerConfig(token="s3cret-token")).api).test_client()
     response = await client.get("/openapi.json")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
