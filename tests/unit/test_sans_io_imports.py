@@ -2,7 +2,8 @@
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
 ``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution
-result builder (``api/execution.py``), the client envelope encoder (``session/envelope.py``),
+result builder (``api/execution.py``), the REST models (``api/models.py``), the client envelope
+encoder (``session/envelope.py``), the session spec and its validator (``session/spec.py``),
 the flag layering (``settings.py``, ``flag_values.py``) and the kernel policy
 (``supervisor/policy.py``, ``supervisor/dropped_messages.py``), and fails on an import of trio,
 zmq, quart, quart_trio
@@ -30,7 +31,9 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "__init__.py",
         PACKAGE_ROOT / "api" / "ws_frames.py",
         PACKAGE_ROOT / "api" / "execution.py",
+        PACKAGE_ROOT / "api" / "models.py",
         PACKAGE_ROOT / "session" / "envelope.py",
+        PACKAGE_ROOT / "session" / "spec.py",
         PACKAGE_ROOT / "settings.py",
         PACKAGE_ROOT / "flag_values.py",
         PACKAGE_ROOT / "supervisor" / "policy.py",
