@@ -48,8 +48,8 @@ from typing import TypeVar
 
 import attrs
 
-from kallichore.api.models import InterruptMode, SessionMode, StartupEnvironment, VarActionType
 from kallichore.errors import ErrorCode, SessionSpecError
+from kallichore.protocol.models import InterruptMode, SessionMode, StartupEnvironment, VarActionType
 
 __all__ = [
     "DEFAULT_CONNECTION_TIMEOUT",

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from kallichore.api.models import NewSession, VarAction, VarActionType
 from kallichore.api.routes import session_spec
 from kallichore.errors import BadRequestError, ErrorCode, SessionSpecError
+from kallichore.protocol.models import NewSession, VarAction, VarActionType
 from kallichore.session.spec import (
     MAX_CONNECTION_TIMEOUT,
     MAX_SESSION_ID_CHARS,
