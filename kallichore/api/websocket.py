@@ -209,21 +209,22 @@ class _Bridge:
 
     async def _deliver(self) -> None:
         session, attachment = self.session, self.attachment
+        fanout = session.fanout
         conn = self.conn
         while not self.closing:
             waited = False
             with trio.CancelScope() as self.wait_scope:
                 while not (
-                    len(session.outbox)
+                    len(fanout.outbox)
                     or attachment.kicked
-                    or not session.is_current_client(attachment)
+                    or not fanout.is_current_client(attachment)
                     or conn.needs_flush()
                 ):
                     waited = True
                     # While we sleep, the session writes new frames itself.
                     attachment.immediate = self if conn.can_write_now else None
                     try:
-                        await session.outbox_changed.wait()
+                        await fanout.outbox_changed.wait()
                     finally:
                         attachment.immediate = None
             self.wait_scope = None
@@ -234,7 +235,7 @@ class _Bridge:
             if self.closing:
                 return
             await session.priority.wait_turn()
-            if conn.needs_flush() and not len(session.outbox) and not attachment.kicked:
+            if conn.needs_flush() and not len(fanout.outbox) and not attachment.kicked:
                 try:
                     await conn.flush()
                 except ChannelClosedError as exc:
@@ -243,9 +244,9 @@ class _Bridge:
                 continue
             # No checkpoint from here until the frames are handed to the
             # connection: a cancellation cannot strike between the two.
-            frames = session.take_frames(attachment)
+            frames = fanout.take_frames(attachment)
             if not frames:
-                if not attachment.kicked and session.is_current_client(attachment):
+                if not attachment.kicked and fanout.is_current_client(attachment):
                     continue  # written meanwhile by the session itself
                 session.log.info("client taken over by a newer one")
                 with contextlib.suppress(ChannelClosedError):
@@ -258,13 +259,13 @@ class _Bridge:
                 await self.conn.flush()
             except ChannelClosedError as exc:
                 session.log.info("client connection failed: %s", exc)
-                session.requeue(frames[sent:])
+                fanout.requeue(frames[sent:])
                 return
             except BaseException:
-                session.requeue(frames[sent:])
+                fanout.requeue(frames[sent:])
                 raise
             if sent < len(frames):
-                session.requeue(frames[sent:])
+                fanout.requeue(frames[sent:])
 
     # ImmediateWriter, while delivery waits (called by the session, synchronously).
 

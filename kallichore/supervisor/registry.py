@@ -22,6 +22,7 @@ import trio
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
 from kallichore.priority import RequestPriority
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
+from kallichore.supervisor.fanout import ClientFanout
 from kallichore.supervisor.lifeline import Lifeline, open_lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortReservations
@@ -102,7 +103,7 @@ class SessionRegistry:
             self.ports,
             self._activity,
             files_dir=self._files_dir,
-            outbox=Outbox(self.client_buffer_bytes),
+            fanout=ClientFanout(Outbox(self.client_buffer_bytes)),
             priority=self.priority,
             policy=self.kernel_policy,
             lifeline=self._lifeline,
