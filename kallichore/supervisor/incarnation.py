@@ -8,10 +8,13 @@ restart or adoption. Task tree of a running incarnation::
     └── Incarnation.run_spawned / run_adopted    owns the run's nurseries
         ├── KernelProcess.pump_output            stdout/stderr lines -> ``output`` events
         └── the incarnation's scope
-            ├── _watch_exit                      waits for the process; cancels the rest on exit
-            ├── _read_iopub                      status tracking, forwarding
-            ├── _read_replies (shell/control/stdin)
-            └── liveness.monitor_heartbeat       offline / back online (/ gone, if adopted)
+            ├── Incarnation.watch_exit           waits for the process; cancels the rest on exit
+            ├── KernelChannels._read_iopub       status tracking, forwarding
+            ├── KernelChannels._read_replies     shell / control / stdin
+            └── KernelChannels.monitor_heartbeat offline / back online (/ gone, if adopted)
+
+The channels (:mod:`kallichore.supervisor.kernel_channels`) exist once the
+sockets are open; the run owns the process, the scope, the ports and files.
 
 Start is ``await nursery.start(incarnation.run_spawned)``: everything before
 ``task_status.started(kernel_info)`` -- spawning, the JEP 66 handshake or the

@@ -6,6 +6,8 @@ open. Its tasks, in the run's nursery::
 
     KernelChannels._read_iopub                     status tracking, forwarding
     KernelChannels._read_replies (shell/control/stdin)
+                                                   (the iopub reader also forwards
+                                                   queued shell replies before an idle)
     KernelChannels.monitor_heartbeat               offline / back online (/ gone)
 
 What the channels do to their session goes through :class:`ChannelHost`.
@@ -46,6 +48,9 @@ IOPUB_BATCH = 64  # messages
 IOPUB_BATCH_SHARED = 3  # messages
 #: Longest run of iopub processing between two scheduler passes.
 IOPUB_SLICE = 0.001  # seconds
+
+#: Most replies handled per wake-up of a reply reader.
+REPLY_BATCH = 64  # messages
 
 #: The channels a client (or the session) sends requests on.
 CHANNELS_TO_KERNEL = ("shell", "control", "stdin")
@@ -245,7 +250,7 @@ class KernelChannels:
         state = _execution_state(msg)
         idle = state == "idle"
         if idle and msg.parent_msg_id != self.last_shell_reply_to:
-            await self._let_reply_through()
+            self._forward_queued_replies()
         # Queued without a wake-up: the event and the status message itself
         # go out together, in one write.
         if state == "busy":
@@ -259,42 +264,51 @@ class KernelChannels:
             self.host.wake_client()
             await self.host.kernel_idle(msg.parent_msg_type)
 
-    async def _let_reply_through(self) -> None:
-        """Let the shell reader forward a reply that came before an idle status.
-
-        Skipped when the reply to the idle's request has gone out already.
+    def _forward_queued_replies(self) -> None:
+        """Forward the shell replies already queued, before an idle status goes out.
 
         The kernel sends a request's reply before its idle status, and
-        clients read "idle" as the end. The reply is on another socket, with
-        another reader task: one that is asleep is woken if a message waits
-        (``readable_now``), and one that has just taken a message needs one
-        scheduler pass to forward it. Two passes cover both; a status per
-        request makes this cheap even under a flood.
+        clients read "idle" as the end. The reply comes on another socket:
+        whatever of it is queued there now is forwarded first, from here.
+        The shell reader takes and forwards each message with no checkpoint
+        in between, so it never holds one back, and replies keep their order.
         """
-        self.sockets.shell.readable_now()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        # A closed socket is the shell reader's to report.
+        with contextlib.suppress(TransportError):
+            self._take_replies("shell")
 
     async def _read_replies(self, channel: str) -> None:
         sock = self.sockets.dealer(channel)
-        deserializer = self._deserializer(channel)
         while True:
-            frames = await sock.receive_multipart()
+            await sock.wait_readable()
+            self._take_replies(channel)
+
+    def _take_replies(self, channel: str) -> None:
+        """Handle the messages queued on ``channel`` now (a bounded batch), without waiting."""
+        sock = self.sockets.dealer(channel)
+        deserializer = self._deserializer(channel)
+        for _ in range(REPLY_BATCH):
+            frames = sock.receive_now()
+            if frames is None:
+                return
             try:
                 msg = deserializer.receive_frames(frames)
             except RemoteProtocolError as exc:
                 self.drops.record(channel, str(exc))
                 continue
-            waiter = self.replies.get(msg.parent_msg_id or "")
-            if waiter is not None:
-                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                    waiter.send_nowait(msg)
-                continue
-            if msg.parent_msg_id in self.internal:
-                continue
-            self.host.forward(channel, msg)
-            if channel == "shell":
-                self.last_shell_reply_to = msg.parent_msg_id
+            self._on_reply(channel, msg)
+
+    def _on_reply(self, channel: str, msg: WireMessage) -> None:
+        waiter = self.replies.get(msg.parent_msg_id or "")
+        if waiter is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                waiter.send_nowait(msg)
+            return
+        if msg.parent_msg_id in self.internal:
+            return
+        self.host.forward(channel, msg)
+        if channel == "shell":
+            self.last_shell_reply_to = msg.parent_msg_id
 
     # ------------------------------------------------------- to the kernel
 

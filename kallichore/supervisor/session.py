@@ -6,10 +6,14 @@ and the session is the lifecycle over them. Task tree::
 
     registry nursery
     └── Incarnation.run_spawned / run_adopted   one per start (see incarnation.py)
-        └── ... the run's pumps, which report to the session (SessionHost)
+        └── KernelChannels readers, heartbeat   report to the session (SessionHost)
 
     channel bridge (one per attached client)
-    └── ClientFanout.deliver ...                the session's frames -> the client
+    └── KernelSession.deliver                   ClientFanout: the session's frames -> client
+
+The session's :class:`~kallichore.session.state.LifecycleMachine` says what
+it is doing with its kernel (starting, running, stopping, restarting) and
+decides which requests it takes; every change is a transition of its table.
 
 What the session holds besides: the execution queue (one
 ``execute_request`` at a time, in order), the request watchers of in-process
@@ -44,13 +48,18 @@ from kallichore.errors import (
     StartupError,
 )
 from kallichore.logs import SessionLog
-from kallichore.priority import RequestPriority
 from kallichore.session.envelope import EnvelopeEncoder
 from kallichore.session.execution_queue import ExecutionQueue
-from kallichore.session.state import SessionStatus, StatusTracker
+from kallichore.session.state import (
+    Lifecycle,
+    LifecycleEvent,
+    LifecycleMachine,
+    SessionStatus,
+    StatusTracker,
+)
 from kallichore.supervisor import launch
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
-from kallichore.supervisor.fanout import ClientAttachment, ClientFanout, ImmediateWriter
+from kallichore.supervisor.fanout import ClientAttachment, ClientConnection, ClientFanout
 from kallichore.supervisor.incarnation import (
     SHUTDOWN_POLITE_GRACE,
     SHUTDOWN_TERM_GRACE,
@@ -61,6 +70,7 @@ from kallichore.supervisor.kernel_channels import CHANNELS_TO_KERNEL
 from kallichore.supervisor.lifeline import Lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortPickError, PortReservations, is_port_conflict
+from kallichore.supervisor.pumps import OpenGate, PumpGate
 from kallichore.supervisor.sampling import ResourceSampler, WorkingDirectoryProbe
 from kallichore.wire.codec import Signer
 from kallichore.wire.connection_file import (
@@ -74,7 +84,6 @@ __all__ = [
     "SHUTDOWN_POLITE_GRACE",
     "SHUTDOWN_TERM_GRACE",
     "ClientAttachment",
-    "ImmediateWriter",
     "KernelSession",
     "RequestWatcher",
     "SessionSpec",
@@ -155,7 +164,7 @@ class KernelSession:
     #: The session's frames on their way to its client.
     fanout: ClientFanout = attrs.field(factory=ClientFanout)
     #: Shared by the server's sessions: output pumps wait for REST requests.
-    priority: RequestPriority = attrs.field(factory=RequestPriority)
+    gate: PumpGate = attrs.field(factory=OpenGate)
     resource_usage: dict[str, int] | None = None
     exit_code: int | None = None
     working_directory: str = attrs.field(init=False)
@@ -164,8 +173,8 @@ class KernelSession:
     continuation_prompt: str = attrs.field(init=False)
     # The current incarnation, while one runs.
     _current: Incarnation | None = attrs.field(default=None, init=False)
-    _busy_starting: bool = attrs.field(default=False, init=False)
-    _restarting: bool = attrs.field(default=False, init=False)
+    #: What the session is doing with its kernel (start, run, stop, restart).
+    lifecycle: LifecycleMachine = attrs.field(factory=LifecycleMachine, init=False)
     _drops: DroppedMessageLog = attrs.field(init=False, repr=False)
     # Kernel messages -> client frames (caches the current parent header).
     _envelopes: EnvelopeEncoder = attrs.field(factory=EnvelopeEncoder, init=False, repr=False)
@@ -242,10 +251,11 @@ class KernelSession:
         deleted (or adopted) between stopping the old kernel and starting the
         new one.
         """
-        return self._kernel_active() or self._restarting
+        return self.lifecycle.has_kernel_activity
 
-    def _kernel_active(self) -> bool:
-        return self._current is not None or self._busy_starting
+    def _finish_start(self, up: LifecycleEvent, down: LifecycleEvent) -> None:
+        """A start (or restart) ended: with a kernel running, or without one."""
+        self.lifecycle.apply(up if self._current is not None else down)
 
     def set_status(self, status: SessionStatus, reason: str | None, *, wake: bool = True) -> None:
         """Apply a status change and tell the client (no-op if unchanged).
@@ -316,6 +326,14 @@ class KernelSession:
         if self.fanout.detach(attachment):
             self.log.info("client detached")
 
+    async def deliver(self, attachment: ClientAttachment, conn: ClientConnection) -> None:
+        """Write the session's frames to an attached client's connection.
+
+        See :meth:`ClientFanout.deliver`: returns when the client was taken
+        over, ``conn`` failed, or ``attachment.stop_delivery()`` was called.
+        """
+        await self.fanout.deliver(attachment, conn, self.log)
+
     # ------------------------------------------------------------------- start
 
     def _incarnation(self, signer: Signer) -> Incarnation:
@@ -324,7 +342,7 @@ class KernelSession:
             self.spec,
             signer,
             self.policy.allow_unsigned_messages,
-            self.priority,
+            self.gate,
             self._drops,
             self._ports,
             key=self.key,
@@ -342,20 +360,29 @@ class KernelSession:
         keeps starting in the registry's nursery (its lifetime belongs to the
         session, not to the HTTP request).
         """
-        if self._kernel_active():
+        if not self.lifecycle.can(LifecycleEvent.BEGIN_START):
             raise SessionStateError(
                 ErrorCode.SESSION_RUNNING,
                 f"Session {self.session_id} is already running",
                 "Stop or restart the session instead of starting it again",
                 http_status=400,
             )
+        self._check_startable()
+        self.lifecycle.apply(LifecycleEvent.BEGIN_START)
+        try:
+            return await self._start_kernel()
+        finally:
+            self._finish_start(LifecycleEvent.STARTED, LifecycleEvent.START_FAILED)
+
+    def _check_startable(self) -> None:
         if not self.spec.argv:
             raise StartupError(
                 ErrorCode.PROCESS_START_FAILED,
                 "Failed to start process for session: No arguments provided",
             )
         fd_limit.check_headroom()
-        self._busy_starting = True
+
+    async def _start_kernel(self) -> dict[str, Any]:
         try:
             # The kernel belongs to the session, not to the HTTP request: a
             # client that gives up must not kill it half-started. The start
@@ -367,8 +394,6 @@ class KernelSession:
             if shortage is None:
                 raise
             raise shortage from exc
-        finally:
-            self._busy_starting = False
         return info
 
     async def _start_with_fresh_ports_on_conflict(self) -> dict[str, Any]:
@@ -433,6 +458,7 @@ class KernelSession:
         self._drops.flush()
         if self._current is inc:
             self._current = None
+            self.lifecycle.apply(LifecycleEvent.KERNEL_EXITED)
         self.exit_code = inc.exit_code
         self._sampler.forget()
         self.set_status(SessionStatus.EXITED, reason)
@@ -610,6 +636,7 @@ class KernelSession:
                 http_status=400,
             )
         self._clear_queue("killed")
+        self.lifecycle.apply(LifecycleEvent.STOP)
         inc.kill_now("kill requested")
         with trio.move_on_after(KILL_WAIT):
             await inc.done.wait()
@@ -619,6 +646,7 @@ class KernelSession:
         inc = self._current
         if inc is None:
             return
+        self.lifecycle.apply(LifecycleEvent.STOP)
         inc.request_stop(restart=restart)
         await inc.done.wait()
 
@@ -630,18 +658,19 @@ class KernelSession:
         **Errors:** KS-13 if a restart is already under way; any
         :class:`StartupError` from the new start.
         """
-        if self._restarting:
+        phase = self.lifecycle.phase
+        if phase is Lifecycle.RESTARTING:
             raise StartupError(
                 ErrorCode.RESTART_FAILED, "Failed to restart kernel: Kernel is already restarting"
             )
-        if self._busy_starting:
+        if phase is Lifecycle.STARTING:
             raise SessionStateError(
                 ErrorCode.RESTART_FAILED,
                 "Failed to restart kernel: Kernel is still starting",
                 "Wait for the start to finish, then restart",
                 http_status=400,
             )
-        self._restarting = True
+        self.lifecycle.apply(LifecycleEvent.BEGIN_RESTART)
         # Shielded like start(): both halves are bounded, and a client that
         # gives up half-way must not leave the session without a kernel.
         with trio.CancelScope(shield=True):
@@ -665,9 +694,10 @@ class KernelSession:
             if env:
                 self.env_actions = env
             await self.shutdown(restart=True)
-            await self.start()
+            self._check_startable()
+            await self._start_kernel()
         finally:
-            self._restarting = False
+            self._finish_start(LifecycleEvent.RESTARTED, LifecycleEvent.RESTART_FAILED)
 
     # ------------------------------------------------------------------ adopt
 
@@ -687,13 +717,13 @@ class KernelSession:
                 f"Cannot sign for the adopted kernel: {exc}",
                 http_status=400,
             ) from None
-        self._busy_starting = True
+        self.lifecycle.apply(LifecycleEvent.BEGIN_START)
         try:
             with trio.CancelScope(shield=True):  # bounded by connection_timeout
                 inc = self._incarnation(signer)
                 result: dict[str, Any] = await self._nursery.start(inc.run_adopted, info)
         finally:
-            self._busy_starting = False
+            self._finish_start(LifecycleEvent.STARTED, LifecycleEvent.START_FAILED)
         return result
 
     def get_connection_info(self) -> ConnectionInfo:

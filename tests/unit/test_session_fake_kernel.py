@@ -33,6 +33,7 @@ import kallichore
 from kallichore.api.envelope import client_message, execute_content
 from kallichore.api.presenters import active_session_json
 from kallichore.errors import SessionStateError, StartupError
+from kallichore.priority import RequestPriority
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
@@ -96,7 +97,8 @@ def leftovers() -> Iterator[list[str]]:
 
 @pytest.fixture
 async def registry(nursery: trio.Nursery, leftovers: list[str]) -> SessionRegistry:
-    registry = SessionRegistry()
+    # As the server wires it: the pumps wait for requests in flight.
+    registry = SessionRegistry(priority=RequestPriority())
     await nursery.start(registry.run)
     return registry
 
@@ -538,18 +540,20 @@ async def test_flood_arrives_complete_and_in_order(
 async def test_an_http_request_in_flight_pauses_a_flood_and_loses_nothing(
     make_session: Callable[..., KernelSession], registry: SessionRegistry
 ) -> None:
-    registry.priority.window = 60.0  # longer than the test: only end() releases
+    priority = registry.priority
+    assert isinstance(priority, RequestPriority)  # wired by the fixture
+    priority.window = 60.0  # longer than the test: only end() releases
     session = make_session()
     frames = Frames(session)
     await session.start()
     request = execute_request("flood 20000")
     await session.send_from_client(request)
     await frames.wait_for(is_jupyter("stream"))
-    registry.priority.begin()
+    priority.begin()
     before = len(frames.drain())
     await trio.sleep(0.3)  # the flood would be thousands of messages further on
     assert len(frames.drain()) == before, "the pump went on while a request was in flight"
-    registry.priority.end()
+    priority.end()
     await frames.wait_for(is_idle(msg_id(request)))
     texts = [s["content"]["text"] for s in frames.jupyter("stream")]
     assert texts == [f"{i}\n" for i in range(20000)]
