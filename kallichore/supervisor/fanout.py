@@ -7,7 +7,7 @@ them; while none is attached they wait for the next one. One client at a
 time: a newer one takes over and the older one is told to go.
 
 The fan-out is the only writer to a client connection. A carrier (the
-channel bridge, :mod:`kallichore.api.websocket`) hands its connection to
+channel bridge, :mod:`kallichore.channels.bridge`) hands its connection to
 :meth:`ClientFanout.deliver` and gets it back when delivery ends; in
 between, every frame reaches the connection from here, in outbox order:
 

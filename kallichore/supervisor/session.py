@@ -48,7 +48,7 @@ from kallichore.errors import (
     StartupError,
 )
 from kallichore.logs import SessionLog
-from kallichore.session.envelope import EnvelopeEncoder
+from kallichore.protocol.envelope import EnvelopeEncoder
 from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.state import (
     Lifecycle,

@@ -30,10 +30,10 @@ import pytest
 import trio
 
 import kallichore
-from kallichore.api.envelope import client_message, execute_content
 from kallichore.api.presenters import active_session_json
 from kallichore.errors import SessionStateError, StartupError
-from kallichore.priority import RequestPriority
+from kallichore.protocol.envelope import client_message, execute_content
+from kallichore.server.priority import RequestPriority
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
