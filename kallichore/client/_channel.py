@@ -60,7 +60,6 @@ import attrs
 import trio
 import trio_websocket
 
-from kallichore.api.envelope import client_message, execute_content
 from kallichore.client._comm import Comm, Comms, CommTargetHandler
 from kallichore.client._errors import (
     ChannelClosedError,
@@ -85,6 +84,7 @@ from kallichore.client._websocket import (
     ReconnectingWebSocket,
     rejected,
 )
+from kallichore.protocol.envelope import client_message, execute_content
 
 __all__ = ["Channel", "ChannelClient", "open_channel"]
 

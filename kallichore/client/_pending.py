@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import trio
 
-from kallichore.api.execution import ReplyCollector
 from kallichore.client._handler import InputHandler, MessageHandler
 from kallichore.client._models import Message
+from kallichore.protocol.execution import ReplyCollector
 
 __all__ = ["BacklogFence", "PendingRequest"]
 

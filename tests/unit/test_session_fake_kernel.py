@@ -30,8 +30,8 @@ import pytest
 import trio
 
 import kallichore
-from kallichore.api.envelope import client_message, execute_content
 from kallichore.errors import SessionStateError, StartupError
+from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
