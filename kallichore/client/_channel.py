@@ -116,7 +116,7 @@ class Channel:
 
     session_id: str
     _client: ChannelClient = attrs.field(alias="client", repr=False)
-    _websocket: ReconnectingWebSocket = attrs.field(alias="websocket", repr=False)
+    _websocket: ReconnectingWebSocket = attrs.field(alias="websocket")
     _nursery: trio.Nursery = attrs.field(alias="nursery", repr=False)
     _default_on_input: InputHandler | None = attrs.field(alias="on_input", default=None)
     _username: str = attrs.field(alias="username", default="kallichore-client")
