@@ -100,11 +100,11 @@ class Server:
             and the connection file), so a client can tell a replaced server
             from the one it knew even if the PID was recycled.
         registry: every session.
+        priority: REST requests before output floods (given to the registry
+            and the HTTP server).
         idle: the idle-shutdown watcher.
         sampler: the resource-sampling clock.
         trimmer: gives the heap back to the system after output floods.
-        priority: REST requests in flight, which the sessions' output pumps
-            wait for (wired into the registry and the HTTP server).
         channels: per-session channel sockets (Unix-socket transport),
             closed by the registry when a session ends.
         api: what the REST API's handlers see of this server.
@@ -116,6 +116,8 @@ class Server:
     config: ServerConfig
     server_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     registry: SessionRegistry = attrs.field(factory=SessionRegistry)
+    #: REST requests before output floods (the sessions' pumps wait on it).
+    priority: RequestPriority = attrs.field(factory=RequestPriority)
     shutdown_requested: trio.Event = attrs.field(factory=trio.Event)
     started_at: float = attrs.field(factory=trio.current_time)
     started_wall: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.UTC))
@@ -125,7 +127,6 @@ class Server:
     sampler: ResourceSampler = attrs.field(init=False)
     channels: ChannelSockets = attrs.field(init=False)
     trimmer: MemoryTrimmer = attrs.field(factory=MemoryTrimmer)
-    priority: RequestPriority = attrs.field(factory=RequestPriority)
     api: ApiContext = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -29,6 +29,7 @@ import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
+from kallichore.supervisor.fanout import ClientFanout
 from kallichore.supervisor.lifeline import Lifeline, open_lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortReservations
@@ -127,9 +128,8 @@ class SessionRegistry:
             self.ports,
             self._activity,
             files_dir=self._files_dir,
-            outbox=Outbox(self.client_buffer_bytes),
-            # The session takes the gate protocol once it is split up.
-            priority=self.priority,  # type: ignore[arg-type]
+            fanout=ClientFanout(Outbox(self.client_buffer_bytes), self.priority),
+            gate=self.priority,
             policy=self.kernel_policy,
             lifeline=self._lifeline,
         )
