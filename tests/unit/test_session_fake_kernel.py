@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import psutil
 import pytest
@@ -812,3 +813,45 @@ async def test_ports_reserved_by_connection_info_are_released_on_delete(
         session.get_connection_info()
         registry.delete(session.session_id)
     assert len(registry.ports) == 0
+
+
+@attrs.define
+class RecordedEndpoints:
+    """A registry's ClientEndpoints that records which sessions' endpoints were closed."""
+
+    closed: list[str] = attrs.field(factory=list)
+
+    def close(self, session_id: str) -> None:
+        self.closed.append(session_id)
+
+
+async def test_every_way_a_session_ends_closes_its_endpoints(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    endpoints = registry.endpoints = RecordedEndpoints()
+    killed, stopped, deleted, idle = (make_session() for _ in range(4))
+    for session in (killed, stopped):
+        await session.start()
+    await registry.kill(killed)
+    await registry.shutdown(stopped)
+    registry.delete(deleted.session_id)
+    assert endpoints.closed == [killed.session_id, stopped.session_id, deleted.session_id]
+    with pytest.raises(SessionStateError):
+        await registry.kill(idle)  # never started: nothing ended, nothing closed
+    assert idle.session_id not in endpoints.closed
+    await idle.start()
+    await registry.shutdown_all()
+    assert endpoints.closed[-1] == idle.session_id
+
+
+async def test_a_forgotten_session_does_not_close_its_successors_endpoints(
+    registry: SessionRegistry, make_session: Callable[..., KernelSession]
+) -> None:
+    endpoints = registry.endpoints = RecordedEndpoints()
+    old = make_session()
+    registry.delete(old.session_id)
+    new = registry.create(old.spec)  # the same id, another session
+    await registry.shutdown(old)  # a stale handle (embedding keeps them)
+    assert endpoints.closed == [old.session_id]
+    registry.delete(new.session_id)
+    assert endpoints.closed == [old.session_id, new.session_id]
