@@ -40,6 +40,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import psutil
@@ -55,6 +56,7 @@ __all__ = [
     "OUTPUT_DRAIN_GRACE",
     "READ_CHUNK_BYTES",
     "KernelProcess",
+    "SupervisedProcess",
     "describe_status",
     "spawn_kernel_process",
     "terminate_process_group",
@@ -70,6 +72,45 @@ OUTPUT_DRAIN_GRACE = 1.0  # seconds the pump gets to reach EOF once the group is
 #: Signature of the callback :meth:`KernelProcess.pump_output` feeds:
 #: ``emit(stream_name, line)`` with stream_name ``"stdout"`` or ``"stderr"``.
 EmitLine = Callable[[str, str], None]
+
+
+class SupervisedProcess(Protocol):
+    """What a session and :func:`terminate_process_group` need of a kernel process.
+
+    :class:`KernelProcess` is the real one; a test can supply a fake that
+    lives in virtual time (see :class:`kallichore.supervisor.backend.KernelBackend`).
+    Signal methods are synchronous and never block; the meaning of each is
+    :class:`KernelProcess`'s.
+    """
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def output_pump_started(self) -> bool: ...
+
+    async def wait(self) -> int: ...
+
+    async def pump_output(self, emit: EmitLine) -> None: ...
+
+    async def wait_output_closed(self) -> None: ...
+
+    async def aclose_pipes(self) -> None: ...
+
+    def signal_group(self, sig: int) -> bool: ...
+
+    def interrupt(self) -> bool: ...
+
+    def kill_group(self) -> bool: ...
+
+    def forget_group(self) -> None: ...
+
+    def note_escapees(self) -> None: ...
+
+    def kill_escapees(self) -> int: ...
 
 
 def describe_status(code: int) -> str:
@@ -427,7 +468,7 @@ async def spawn_kernel_process(
 
 
 async def terminate_process_group(
-    proc: KernelProcess,
+    proc: SupervisedProcess,
     *,
     polite: Callable[[], Awaitable[None]] | None,
     polite_grace: float,
@@ -537,3 +578,9 @@ async def terminate_process_group(
         await proc.aclose_pipes()
     log.debug("kernel process %d terminated (%s)", proc.pid, _describe_exit(code))
     return code
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_supervised_process(proc: KernelProcess) -> SupervisedProcess:
+        return proc  # mypy checks KernelProcess against the protocol here

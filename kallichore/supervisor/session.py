@@ -48,7 +48,6 @@ import attrs
 import orjson
 import psutil
 import trio
-import zmq
 
 from kallichore import fd_limit
 from kallichore.errors import (
@@ -66,26 +65,18 @@ from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
 from kallichore.session.state import SessionStatus, StatusTracker
 from kallichore.supervisor import launch
+from kallichore.supervisor.backend import KernelBackend, LocalKernelBackend
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.lifeline import Lifeline
 from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortPickError, PortReservations, is_port_conflict
 from kallichore.supervisor.process import (
-    KernelProcess,
+    SupervisedProcess,
     describe_status,
-    spawn_kernel_process,
     terminate_process_group,
 )
-from kallichore.transport.zmq import (
-    KernelSockets,
-    TransportError,
-    TrioZmqSocket,
-    monitor_events,
-    open_kernel_sockets,
-    open_registration_socket,
-    wait_stdin_connected,
-)
+from kallichore.transport.base import FrameSocket, KernelConnection, TransportError
 from kallichore.wire.codec import Deserializer, ReplayWindow, Signer, serialize
 from kallichore.wire.connection_file import (
     ConnectionInfo,
@@ -212,9 +203,9 @@ class RequestWatcher(Protocol):
 class _Incarnation:
     """One run of a kernel (a process, or an adopted connection)."""
 
-    process: KernelProcess | None
+    process: SupervisedProcess | None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    sockets: KernelSockets | None = None
+    sockets: KernelConnection | None = None
     # Set when the incarnation's cleanup is complete.
     done: trio.Event = attrs.field(factory=trio.Event)
     exit_code: int | None = None
@@ -253,6 +244,8 @@ class KernelSession:
     _lifeline: Lifeline | None = None
     #: Private directory (0700) for connection and registration files.
     _files_dir: str = attrs.field(factory=tempfile.gettempdir)
+    #: Spawns the kernels and reaches their sockets.
+    _backend: KernelBackend = attrs.field(factory=LocalKernelBackend)
     key: str = attrs.field(factory=generate_key, repr=False)
     created: dt.datetime = attrs.field(factory=_utc_now)
     tracker: StatusTracker = attrs.field(factory=StatusTracker)
@@ -677,7 +670,7 @@ class KernelSession:
                 if jep66:
                     self.connection_info = None  # the kernel will report its ports
                     reg_sock, reg_port = await registration.enter_async_context(
-                        open_registration_socket()
+                        self._backend.transport.open_registration()
                     )
                     path = os.path.join(
                         self._files_dir, f"registration_{_file_stem(spec.session_id)}.json"
@@ -706,7 +699,7 @@ class KernelSession:
                     env=env,
                 )
                 try:
-                    inc.process = await spawn_kernel_process(
+                    inc.process = await self._backend.spawn(
                         list(plan.argv), env=env, cwd=cwd, lifeline=self._lifeline
                     )
                 except OSError as exc:
@@ -748,7 +741,7 @@ class KernelSession:
                                         )
                                         await registration.aclose()
                                     inc.sockets = await stack.enter_async_context(
-                                        open_kernel_sockets(
+                                        self._backend.transport.open_kernel_connection(
                                             _endpoints(self.connection_info),
                                             identity=spec.session_id.encode(),
                                         )
@@ -823,7 +816,7 @@ class KernelSession:
             key=self.key,
         )
 
-    async def _registration_handshake(self, reg: TrioZmqSocket) -> ConnectionInfo:
+    async def _registration_handshake(self, reg: FrameSocket) -> ConnectionInfo:
         deserializer = Deserializer(self._signer, None, accept_unsigned=False)
         while True:
             frames = await reg.receive_multipart()
@@ -869,7 +862,7 @@ class KernelSession:
             if inc.iopub_seen.is_set():
                 # The kernel can reach us on every channel: shell and iopub
                 # are proven, stdin is proven by its handshake.
-                await wait_stdin_connected(inc.sockets)
+                await inc.sockets.wait_stdin_connected()
                 return dict(reply.content_json())
 
     async def _request(
@@ -1378,13 +1371,12 @@ class KernelSession:
                     try:
                         with trio.fail_after(self.spec.connection_timeout):
                             inc.sockets = await stack.enter_async_context(
-                                open_kernel_sockets(
+                                self._backend.transport.open_kernel_connection(
                                     _endpoints(info),
                                     identity=self.session_id.encode(),
+                                    watch_disconnect=True,
                                 )
                             )
-                            monitor = monitor_events(inc.sockets.hb, zmq.EVENT_DISCONNECTED)
-                            stack.callback(monitor.close)
                             kernel_info = await self._connect(inc, nursery)
                     except trio.TooSlowError:
                         failure = KallichoreError(
@@ -1408,7 +1400,7 @@ class KernelSession:
                         probe = AdoptedKernelProbe(info)
                         nursery.start_soon(probe.learn_process)
                         nursery.start_soon(self._monitor_heartbeat, inc, probe)
-                        await monitor.receive_multipart()
+                        await inc.sockets.wait_disconnected()
                         self.log.info("the adopted kernel's sockets disconnected")
                         nursery.cancel_scope.cancel()
         except Exception:
@@ -1562,7 +1554,7 @@ def _output_emitter(session: KernelSession, inc: _Incarnation) -> Callable[[str,
     return emit
 
 
-def _dealer(inc: _Incarnation, channel: str) -> TrioZmqSocket:
+def _dealer(inc: _Incarnation, channel: str) -> FrameSocket:
     assert inc.sockets is not None
     return inc.sockets.dealer(channel)
 

@@ -93,6 +93,7 @@ __all__ = [
     "monitor_events",
     "open_kernel_sockets",
     "open_registration_socket",
+    "size_zmq_context",
     "wait_stdin_connected",
 ]
 
@@ -727,6 +728,23 @@ async def open_registration_socket(
         yield sock, port
     finally:
         sock.close()
+
+
+def size_zmq_context(soft_limit: int | None) -> None:
+    """Let the process-wide ZeroMQ context have as many sockets as descriptors.
+
+    ZeroMQ caps a context at 1023 sockets by default, and reports the cap as
+    ``EMFILE`` too. Takes effect only before the context's first socket, so
+    call it at start, after :func:`kallichore.fd_limit.raise_soft_limit`.
+
+    Args:
+        soft_limit: the open-file soft limit (``None``: unlimited).
+    """
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    limit = ctx.get(zmq.SOCKET_LIMIT)
+    wanted = limit if soft_limit is None else min(soft_limit, limit)
+    if wanted > ctx.get(zmq.MAX_SOCKETS):
+        ctx.set(zmq.MAX_SOCKETS, wanted)
 
 
 @attrs.frozen
