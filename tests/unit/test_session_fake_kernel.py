@@ -7,9 +7,10 @@ autojump with real processes); each test runs under conftest's
 ``trio.fail_after``.
 
 Frames the session produces for its client are read straight from
-``session.outbox`` (see :class:`Frames`). The ``leftovers`` fixture kills any
-fake kernel a test leaves behind -- and fails the test, since the session
-should never leave one -- and removes the per-session files in the temp dir.
+``session.outbox`` (see :class:`tests.support.session_frames.Frames`). The
+``leftovers`` fixture kills any fake kernel a test leaves behind -- and fails
+the test, since the session should never leave one -- and removes the
+per-session files in the temp dir.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psutil
@@ -30,7 +30,6 @@ import pytest
 import trio
 
 import kallichore
-from kallichore.api.envelope import client_message, execute_content
 from kallichore.errors import SessionStateError, StartupError
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
@@ -42,6 +41,15 @@ from kallichore.supervisor.session import (
     SessionSpec,
 )
 from kallichore.testing.fake_kernel import fake_kernel_argv
+from tests.support.session_frames import (
+    Frames,
+    execute_request,
+    is_idle,
+    is_jupyter,
+    is_output,
+    is_status_event,
+    msg_id,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -54,8 +62,6 @@ PYTHONPATH = (
     "PYTHONPATH",
     os.pathsep.join(filter(None, (REPO_ROOT, os.environ.get("PYTHONPATH")))),
 )
-
-Frame = dict[str, Any]
 
 
 # ----------------------------------------------------------------- fixtures
@@ -140,76 +146,6 @@ def make_session(
         return registry.create(spec)
 
     return make
-
-
-# ------------------------------------------------------------------ helpers
-
-
-class Frames:
-    """Everything a session has put in its outbox, decoded, in order."""
-
-    def __init__(self, session: KernelSession) -> None:
-        self.session = session
-        self.seen: list[Frame] = []
-
-    def drain(self) -> list[Frame]:
-        """Pop what the outbox holds now; returns all frames seen so far."""
-        while (frame := self.session.outbox.pop()) is not None:
-            self.seen.append(orjson.loads(frame))
-        return self.seen
-
-    async def wait_for(self, predicate: Callable[[Frame], bool]) -> Frame:
-        """The first frame (seen before or arriving later) matching ``predicate``."""
-        index = 0
-        while True:
-            changed = self.session.outbox_changed
-            self.drain()
-            for frame in self.seen[index:]:
-                if predicate(frame):
-                    return frame
-            index = len(self.seen)
-            await changed.wait()
-
-    def jupyter(self, msg_type: str | None = None) -> list[Frame]:
-        return [
-            f
-            for f in self.seen
-            if f["kind"] == "jupyter" and msg_type in (None, f["header"]["msg_type"])
-        ]
-
-    def events(self, key: str) -> list[Any]:
-        return [f[key] for f in self.seen if f["kind"] == "kernel" and key in f]
-
-
-def is_jupyter(msg_type: str, parent: str | None = None) -> Callable[[Frame], bool]:
-    def predicate(frame: Frame) -> bool:
-        if frame["kind"] != "jupyter" or frame["header"]["msg_type"] != msg_type:
-            return False
-        return parent is None or (frame["parent_header"] or {}).get("msg_id") == parent
-
-    return predicate
-
-
-def is_idle(parent: str) -> Callable[[Frame], bool]:
-    """The kernel's iopub ``idle`` for the request ``parent``."""
-    status = is_jupyter("status", parent)
-    return lambda f: status(f) and f["content"]["execution_state"] == "idle"
-
-
-def is_status_event(status: str) -> Callable[[Frame], bool]:
-    return lambda f: f["kind"] == "kernel" and f.get("status", {}).get("status") == status
-
-
-def is_output(text: str) -> Callable[[Frame], bool]:
-    return lambda f: f["kind"] == "kernel" and text in (f.get("output") or ["", ""])[1]
-
-
-def execute_request(code: str) -> dict[str, Any]:
-    return client_message("execute_request", execute_content(code))
-
-
-def msg_id(message: dict[str, Any]) -> str:
-    return str(message["header"]["msg_id"])
 
 
 # -------------------------------------------------------------------- start
