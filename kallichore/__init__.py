@@ -28,9 +28,9 @@ API_VERSION = "0.1.64"
 _LAZY_EXPORTS = {
     "open_supervisor": "kallichore.embed",
     "Supervisor": "kallichore.embed",
-    "serve": "kallichore.server",
-    "Server": "kallichore.server",
-    "ServerAddress": "kallichore.server",
+    "serve": "kallichore.server.root",
+    "Server": "kallichore.server.root",
+    "ServerAddress": "kallichore.server.root",
     "ServerConfig": "kallichore.config",
     "Transport": "kallichore.config",
 }

@@ -48,9 +48,9 @@ from kallichore.config import (
     parse_log_level,
     select_transport,
 )
-from kallichore.listener import BoundListener, adopt_listener
 from kallichore.logs import LOG_FORMATS, configure_logging
 from kallichore.process_name import set_process_name
+from kallichore.server.listener import BoundListener, adopt_listener
 from kallichore.settings import LayeredArgs, parse_layered
 from kallichore.systemd import ActivationError, Notifier, listen_sockets
 from kallichore.transport.zmq import size_zmq_context
@@ -403,7 +403,7 @@ async def _run_until_shutdown(
     listener: BoundListener | None,
     notifier: Notifier,
 ) -> None:
-    from kallichore.server import Server, ServerAddress, serve
+    from kallichore.server.root import Server, ServerAddress, serve
 
     server = Server(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -442,7 +442,7 @@ async def _run_until_shutdown(
 
 
 def _print_banner(address: object, config: ServerConfig, token_generated: bool) -> None:
-    from kallichore.server import ServerAddress
+    from kallichore.server.root import ServerAddress
 
     assert isinstance(address, ServerAddress)
     if address.transport == "tcp":

@@ -29,12 +29,12 @@ Task tree of :func:`open_supervisor`::
 
 The module lives at the top of the package, not under ``supervisor/``: it is
 a public surface composed of the registry (``supervisor/``), the envelope
-parser (``api/envelope.py``, pure) and the server (``server.py``), and
+parser (``protocol/envelope.py``, pure) and the server (``server/root.py``), and
 ``kallichore.embed`` is what users type. It never imports the HTTP stack.
 
 :meth:`Session.execute` runs code the way a client's ``execute`` does
 (through the execution queue) and returns the client library's
-:class:`~kallichore.api.execution.ExecutionResult`, built by the same code
+:class:`~kallichore.protocol.execution.ExecutionResult`, built by the same code
 (:mod:`kallichore.supervisor.execution`). Other message helpers (comms,
 input requests, completions) belong to the client library
 (:mod:`kallichore.client`), which speaks the same envelope over the network.
@@ -55,8 +55,8 @@ import attrs
 import orjson
 import trio
 
-from kallichore.api.envelope import parse_client_frame
-from kallichore.api.execution import ExecutionResult
+from kallichore.protocol.envelope import parse_client_frame
+from kallichore.protocol.execution import ExecutionResult
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor import execution
 from kallichore.supervisor.policy import KernelPolicy
@@ -64,7 +64,7 @@ from kallichore.supervisor.registry import SessionRegistry
 from kallichore.supervisor.session import ClientAttachment, KernelSession, SessionSpec
 
 if TYPE_CHECKING:
-    from kallichore.server import Server
+    from kallichore.server.root import Server
 
 __all__ = [
     "EnvAction",
@@ -124,7 +124,7 @@ class SessionChannel:
         """Send one Jupyter message to the kernel, as a WebSocket client would.
 
         ``message`` has the client frame's shape (see
-        :mod:`kallichore.api.envelope`): ``header`` with string ``msg_id`` and
+        :mod:`kallichore.protocol.envelope`): ``header`` with string ``msg_id`` and
         ``msg_type``, ``channel`` (``shell``, ``control`` or ``stdin``),
         ``content``, and optionally ``parent_header``, ``metadata`` and
         ``buffers`` (base64 strings). ``execute_request`` goes through the

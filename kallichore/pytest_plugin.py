@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from kallichore.client import KallichoreClient
     from kallichore.config import ServerConfig
     from kallichore.embed import Session, Supervisor
-    from kallichore.server import ServerAddress
+    from kallichore.server.root import ServerAddress
 
 __all__ = [
     "ASYNC_FIXTURES",
@@ -213,7 +213,7 @@ async def kallichore_server(
     """
     import trio
 
-    from kallichore.server import Server, serve
+    from kallichore.server.root import Server, serve
 
     server = Server(kallichore_server_config)
     async with trio.open_nursery() as nursery:

@@ -8,13 +8,13 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from kallichore.api.access_log import AccessLogMiddleware, note_auth_failure
-from kallichore.api.auth import UNAUTHENTICATED, auth_failure
 from kallichore.api.errors import register_error_handlers, response_for_error
 from kallichore.api.routes import register_routes
 from kallichore.errors import AuthenticationError
+from kallichore.protocol.auth import UNAUTHENTICATED, auth_failure
 
 if TYPE_CHECKING:
-    from kallichore.server import Server
+    from kallichore.server.root import Server
 
 __all__ = ["create_app"]
 

@@ -2,7 +2,7 @@
 
 :func:`serve_http` is Hypercorn's trio worker loop cut down to one plain
 listener, plus a hook that lets channel WebSocket upgrades on TCP be served
-outside the ASGI stack (:mod:`kallichore.api.tcp_channels`).
+outside the ASGI stack (:mod:`kallichore.channels.tcp_channels`).
 
 Two adjustments to Hypercorn's HTTP/1.1 output, both needed by real clients
 of Kallichore and both correct HTTP:
@@ -64,8 +64,8 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from kallichore.api.hypercorn_ws import install_ws_close_codes
-from kallichore.listener import BoundListener
-from kallichore.priority import RequestPriority
+from kallichore.server.listener import BoundListener
+from kallichore.server.priority import RequestPriority
 
 __all__ = [
     "HTTP_GRACEFUL_TIMEOUT",
@@ -257,11 +257,11 @@ async def serve_http(
     plain listener, no TLS, no QUIC), with one addition: every accepted
     connection is first offered to ``take_connection``, which is how
     channel WebSockets on TCP bypass the ASGI stack
-    (:mod:`kallichore.api.tcp_channels`). Connections it takes run in the
+    (:mod:`kallichore.channels.tcp_channels`). Connections it takes run in the
     same nursery and are cancelled when shutdown starts; hypercorn's get
     ``HTTP_GRACEFUL_TIMEOUT`` to finish. With ``priority``, every HTTP
     request is marked in flight from its first bytes to its response
-    (:mod:`kallichore.priority`).
+    (:mod:`kallichore.server.priority`).
 
     Reports the bind descriptions through ``task_status`` once serving.
 

@@ -3,7 +3,7 @@
 A channel upgrade that arrives as the second request on a kept-alive TCP
 connection is served by the Quart route, on hypercorn's ``WSStream`` (wsproto
 underneath). Two of its failure paths differ from the fast path
-(:mod:`kallichore.api.ws_frames`), which always says why in a Close frame and
+(:mod:`kallichore.protocol.ws_frames`), which always says why in a Close frame and
 then drops the connection:
 
 * a frame wsproto refuses (text that is not UTF-8: 1007; a protocol error:

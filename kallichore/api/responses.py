@@ -13,7 +13,7 @@ from typing import Any
 
 from quart import Response
 
-from kallichore.api.converter import to_json_bytes
+from kallichore.protocol.converter import to_json_bytes
 
 __all__ = ["json_response", "null_response", "status_phrase"]
 

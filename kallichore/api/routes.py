@@ -1,6 +1,6 @@
 """REST handlers, named after the operationIds in ``kallichore.json``.
 
-Handlers are thin: parse the body (:mod:`kallichore.api.converter`), call
+Handlers are thin: parse the body (:mod:`kallichore.protocol.converter`), call
 into the server's services, build the response. Errors are raised as
 :class:`~kallichore.errors.KallichoreError` and turned into bodies by
 :mod:`kallichore.api.errors`.
@@ -17,8 +17,17 @@ from typing import TYPE_CHECKING
 import trio
 from quart import Quart, Response, request
 
-from kallichore.api.converter import format_timestamp, parse_body, unstructure
-from kallichore.api.models import (
+from kallichore.api.responses import json_response, null_response
+from kallichore.channels.bridge import register_channel_route
+from kallichore.config import (
+    MAX_IDLE_SHUTDOWN_HOURS,
+    MAX_SAMPLE_INTERVAL_MS,
+    MIN_SAMPLE_INTERVAL_MS,
+    idle_shutdown_period,
+)
+from kallichore.errors import BadRequestError, ErrorCode
+from kallichore.protocol.converter import format_timestamp, parse_body, unstructure
+from kallichore.protocol.models import (
     ClientHeartbeat,
     ConnectionInfo,
     LogLevel,
@@ -29,21 +38,12 @@ from kallichore.api.models import (
     StartupEnvironment,
     VarAction,
 )
-from kallichore.api.responses import json_response, null_response
-from kallichore.api.websocket import register_channel_route
-from kallichore.config import (
-    MAX_IDLE_SHUTDOWN_HOURS,
-    MAX_SAMPLE_INTERVAL_MS,
-    MIN_SAMPLE_INTERVAL_MS,
-    idle_shutdown_period,
-)
-from kallichore.errors import BadRequestError, ErrorCode
 from kallichore.supervisor.launch import find_on_path
 from kallichore.supervisor.session import SessionSpec
 from kallichore.wire import connection_file as wire_connection
 
 if TYPE_CHECKING:
-    from kallichore.server import Server
+    from kallichore.server.root import Server
 
 __all__ = ["MAX_PID", "build_server_status", "openapi_document", "register_routes"]
 

@@ -65,8 +65,6 @@ import attrs
 import trio
 import trio_websocket
 
-from kallichore.api.envelope import client_message, execute_content
-from kallichore.api.execution import ReplyCollector
 from kallichore.client._errors import (
     ChannelClosedError,
     ExecutionDroppedError,
@@ -80,6 +78,8 @@ from kallichore.client._models import (
     SessionStatus,
 )
 from kallichore.client._rest import KallichoreClient
+from kallichore.protocol.envelope import client_message, execute_content
+from kallichore.protocol.execution import ReplyCollector
 
 __all__ = ["Channel", "Comm", "open_channel"]
 

@@ -22,11 +22,11 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from kallichore.api.converter import unstructure
 from kallichore.client._errors import ExecutionDroppedError, KallichoreClientError, unwrap_group
 from kallichore.client._models import ExecutionResult, InputRequest, Message
 from kallichore.client._output import OutputClosedError, TextOutput, strip_ansi_deep
 from kallichore.client._rest import KallichoreClient
+from kallichore.protocol.converter import unstructure
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_PIPE_CLOSED", "INTERRUPT_GRACE", "execute_command", "show"]
 

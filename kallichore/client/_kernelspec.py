@@ -17,8 +17,8 @@ from typing import Any
 import attrs
 from jupyter_core.paths import jupyter_path
 
-from kallichore.api.models import InterruptMode, NewSession, VarAction, VarActionType
 from kallichore.client._errors import KallichoreClientError
+from kallichore.protocol.models import InterruptMode, NewSession, VarAction, VarActionType
 
 __all__ = ["KernelSpec", "find_kernelspec", "list_kernelspecs"]
 

@@ -1,6 +1,6 @@
 """Typed views of the server's responses and of channel traffic.
 
-Request bodies and ``ServerStatus`` reuse :mod:`kallichore.api.models`
+Request bodies and ``ServerStatus`` reuse :mod:`kallichore.protocol.models`
 (``NewSession``, ``RestartSession``, ``ConnectionInfo``,
 ``ServerConfiguration``, ``ClientHeartbeat``); the response schemas the server module does not model
 are defined here, named after ``kallichore.json``. Optional fields the server
@@ -8,7 +8,7 @@ may omit default to ``None``, so a response from upstream Kallichore (which
 has no ``server_id``) structures too.
 
 :class:`Message`, :class:`ExecutionResult` and :class:`ExecutionError` live
-in :mod:`kallichore.api.execution` (pure), shared with the embedding API's
+in :mod:`kallichore.protocol.execution` (pure), shared with the embedding API's
 in-process ``execute``; they are re-exported here.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import attrs
 
-from kallichore.api.execution import OUTPUT_TYPES as OUTPUT_TYPES
-from kallichore.api.execution import ExecutionError as ExecutionError
-from kallichore.api.execution import ExecutionResult as ExecutionResult
-from kallichore.api.execution import Message as Message
-from kallichore.api.models import InterruptMode, ServerStatus, SessionMode
+from kallichore.protocol.execution import OUTPUT_TYPES as OUTPUT_TYPES
+from kallichore.protocol.execution import ExecutionError as ExecutionError
+from kallichore.protocol.execution import ExecutionResult as ExecutionResult
+from kallichore.protocol.execution import Message as Message
+from kallichore.protocol.models import InterruptMode, ServerStatus, SessionMode
 from kallichore.session.state import SessionStatus
 
 __all__ = [

@@ -1,7 +1,7 @@
 """``KallichoreClient``: every REST operation of ``kallichore.json`` as a typed method.
 
 Method names are the spec's operationIds in snake_case; request bodies are
-the attrs models of :mod:`kallichore.api.models`, responses the models of
+the attrs models of :mod:`kallichore.protocol.models`, responses the models of
 :mod:`kallichore.client._models`, both converted by the server's one cattrs
 converter (strict JSON types, unknown fields ignored).
 """
@@ -18,17 +18,17 @@ from urllib.parse import quote, urlsplit
 import attrs
 import cattrs
 
-from kallichore.api.converter import converter, unstructure
-from kallichore.api.models import (
+from kallichore.client._errors import KallichoreClientError
+from kallichore.client._http import HttpTransport
+from kallichore.client._models import ActiveSession, ServerStatus, SessionList
+from kallichore.protocol.converter import converter, unstructure
+from kallichore.protocol.models import (
     ClientHeartbeat,
     ConnectionInfo,
     NewSession,
     RestartSession,
     ServerConfiguration,
 )
-from kallichore.client._errors import KallichoreClientError
-from kallichore.client._http import HttpTransport
-from kallichore.client._models import ActiveSession, ServerStatus, SessionList
 
 __all__ = ["KallichoreClient", "open_client"]
 

@@ -21,12 +21,12 @@ import trio
 from jupyter_core.paths import jupyter_runtime_dir
 
 from kallichore import version_line
-from kallichore.api.converter import unstructure
 from kallichore.client._errors import KallichoreClientError, unwrap_group
 from kallichore.client._execute import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, execute_command
 from kallichore.client._kernelspec import find_kernelspec, list_kernelspecs
 from kallichore.client._output import OutputClosedError, silence_stdout
 from kallichore.client._rest import KallichoreClient, open_client, read_connection_file
+from kallichore.protocol.converter import unstructure
 from kallichore.settings import parse_layered
 
 __all__ = ["main"]

@@ -11,8 +11,8 @@ session's ``execution_queue``. It does not attach as the session's client
 :class:`_Watcher` registered under the request's ``msg_id``
 (:meth:`KernelSession.watch`) receives the request's messages as the client
 frames a WebSocket client would get; they are built into the client
-library's :class:`~kallichore.api.execution.ExecutionResult` by the same
-:class:`~kallichore.api.execution.ReplyCollector` the client uses. The
+library's :class:`~kallichore.protocol.execution.ExecutionResult` by the same
+:class:`~kallichore.protocol.execution.ReplyCollector` the client uses. The
 attached client still sees the request's iopub traffic (as any Jupyter
 frontend sees other frontends' output); its reply goes only to the watcher.
 
@@ -40,9 +40,9 @@ import attrs
 import orjson
 import trio
 
-from kallichore.api.envelope import client_message, execute_content
-from kallichore.api.execution import ExecutionResult, Message, ReplyCollector
 from kallichore.errors import ExecutionDroppedError
+from kallichore.protocol.envelope import client_message, execute_content
+from kallichore.protocol.execution import ExecutionResult, Message, ReplyCollector
 from kallichore.supervisor.session import KernelSession
 
 __all__ = ["CANCEL_GRACE", "OutputHandler", "execute"]

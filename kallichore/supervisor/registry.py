@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
-from kallichore.priority import RequestPriority
+from kallichore.server.priority import RequestPriority
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
 from kallichore.supervisor.backend import KernelBackend, LocalKernelBackend
 from kallichore.supervisor.lifeline import Lifeline, open_lifeline
@@ -175,7 +175,7 @@ class SessionRegistry:
         One session per scheduler pass: psutil takes milliseconds per
         process tree, and other tasks must not wait for all of them at once.
         Like the output pumps, sampling steps aside while an HTTP request is
-        in flight (:mod:`kallichore.priority`).
+        in flight (:mod:`kallichore.server.priority`).
         """
         for session in list(self._sessions.values()):
             if session.connected:

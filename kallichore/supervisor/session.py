@@ -59,8 +59,8 @@ from kallichore.errors import (
     StartupError,
 )
 from kallichore.logs import SessionLog
-from kallichore.priority import RequestPriority
-from kallichore.session.envelope import EnvelopeEncoder
+from kallichore.protocol.envelope import EnvelopeEncoder
+from kallichore.server.priority import RequestPriority
 from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
 from kallichore.session.state import SessionStatus, StatusTracker

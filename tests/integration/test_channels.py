@@ -7,7 +7,7 @@ trio-websocket over ``trio.open_unix_socket``, or wsproto driven by hand for
 the raw and slow-handshake cases).
 
 A client that is done sends an *empty text frame* and then reads until the
-server closes: that is the lossless way to leave (see ``api/websocket.py``),
+server closes: that is the lossless way to leave (see ``channels/bridge.py``),
 and the reconnect test counts on it.
 """
 

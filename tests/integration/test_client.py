@@ -22,7 +22,6 @@ import attrs
 import pytest
 import trio
 
-from kallichore.api.models import ServerConfiguration
 from kallichore.client import (
     ExecutionDroppedError,
     KallichoreClient,
@@ -34,6 +33,7 @@ from kallichore.client import (
 )
 from kallichore.client import _channel as channel_module
 from kallichore.client._models import SessionStatus
+from kallichore.protocol.models import ServerConfiguration
 from tests.integration.helpers import REPO_ROOT, session_body
 from tests.integration.test_channels import ChannelServer
 

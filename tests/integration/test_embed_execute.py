@@ -15,9 +15,9 @@ import pytest
 import trio
 
 import kallichore.client
-from kallichore.api.envelope import client_message, execute_content
 from kallichore.embed import Session, SessionChannel, Supervisor
 from kallichore.errors import ExecutionDroppedError, SessionStateError
+from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.session.state import SessionStatus
 
 pytestmark = [

@@ -24,10 +24,10 @@ import pytest
 import trio
 
 import kallichore
-from kallichore.api.envelope import client_message, execute_content
 from kallichore.config import ServerConfig, Transport
 from kallichore.embed import Session, SessionChannel, Supervisor, open_supervisor
 from kallichore.errors import SessionNotFoundError, SessionStateError
+from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.server import Server, ServerAddress, serve
 from kallichore.session.state import SessionStatus
 from tests.integration.helpers import REPO_ROOT

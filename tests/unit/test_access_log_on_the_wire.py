@@ -1,8 +1,8 @@
 """Channel WebSockets served outside the app get their access line too.
 
 On TCP an accepted upgrade is served by the fast path
-(:mod:`kallichore.api.tcp_channels`); on the socket transport by the
-session's own Unix socket (:mod:`kallichore.api.channel_socket`). Neither
+(:mod:`kallichore.channels.tcp_channels`); on the socket transport by the
+session's own Unix socket (:mod:`kallichore.channels.channel_socket`). Neither
 passes through the ASGI middleware, so each logs its line when it ends.
 """
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
-from kallichore.announce import remove_connection_file, write_connection_file
 from kallichore.config import ServerConfig, default_server_path
 from kallichore.server import Server, ServerAddress, serve
+from kallichore.server.announce import remove_connection_file, write_connection_file
 
 
 def details(server_id: str) -> dict[str, Any]:

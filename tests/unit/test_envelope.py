@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kallichore.api.envelope import client_message, execute_content, parse_client_frame
 from kallichore.errors import RemoteProtocolError
+from kallichore.protocol.envelope import client_message, execute_content, parse_client_frame
 
 
 def frame(**overrides: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kallichore.api.execution import ExecutionResult, Message, ReplyCollector
+from kallichore.protocol.execution import ExecutionResult, Message, ReplyCollector
 
 PARENT = "req-1"
 

@@ -11,7 +11,7 @@ import trio
 
 from kallichore.api.http import serve_http
 from kallichore.config import ServerConfig
-from kallichore.listener import bind_listener
+from kallichore.server.listener import bind_listener
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -2,7 +2,7 @@
 
 A real server runs in the test (``kallichore_server``); requests are written
 by hand and parsed with h11, so WebSocket upgrades can be refused on the TCP
-fast path (:mod:`kallichore.api.tcp_channels`) as well as by the app.
+fast path (:mod:`kallichore.channels.tcp_channels`) as well as by the app.
 """
 
 from __future__ import annotations

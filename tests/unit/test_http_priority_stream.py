@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from kallichore.api.http import _PriorityStream
-from kallichore.priority import RequestPriority
+from kallichore.server.priority import RequestPriority
 
 HEAD_200 = b"HTTP/1.1 200 \r\ncontent-length: 2\r\n\r\n"
 

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from kallichore.config import idle_shutdown_period
-from kallichore.idle import IdleWatcher
+from kallichore.server.idle import IdleWatcher
 
 HOUR = 3600.0
 

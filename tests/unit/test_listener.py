@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from kallichore.config import ConfigError, ServerConfig, Transport
-from kallichore.listener import DEAD_PEER_TIMEOUT, bind_listener, bind_unix
+from kallichore.server.listener import DEAD_PEER_TIMEOUT, bind_listener, bind_unix
 
 
 @pytest.fixture

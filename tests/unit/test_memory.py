@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from kallichore.memory import MemoryTrimmer, find_malloc_trim
+from kallichore.server.memory import MemoryTrimmer, find_malloc_trim
 
 MB = 1024 * 1024
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from kallichore.api.app import create_app
-from kallichore.api.auth import UNAUTHENTICATED
 from kallichore.api.routes import openapi_document
 from kallichore.config import ServerConfig
+from kallichore.protocol.auth import UNAUTHENTICATED
 from kallichore.server import Server
 
 ROOT_DOCUMENT = Path(__file__).parents[2] / "kallichore.json"
@@ -164,9 +164,9 @@ def test_optional_request_fields_that_take_null_say_so() -> None:
 
 def test_unbounded_integers_are_declared_64_bit() -> None:
     """The JSON parser reads integers outside 64 bits as floats, which are refused."""
-    from kallichore.api.converter import parse_body
-    from kallichore.api.models import ServerConfiguration
     from kallichore.errors import BadRequestError
+    from kallichore.protocol.converter import parse_body
+    from kallichore.protocol.models import ServerConfiguration
 
     hours = SPEC["components"]["schemas"]["serverConfiguration"]["properties"][
         "idle_shutdown_hours"

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-import kallichore.priority
-from kallichore.priority import PRIORITY_WINDOW, RequestPriority
+import kallichore.server.priority
+from kallichore.server.priority import PRIORITY_WINDOW, RequestPriority
 
 
 async def pump(priority: RequestPriority, waited: list[float], busy: bool = False) -> None:
@@ -87,7 +87,7 @@ def watched(
     of a connected socket pair for arrivals, with epoll and with the poll
     fallback."""
     if request.param == "poll":
-        monkeypatch.setattr(kallichore.priority, "_HAVE_EPOLL", False)
+        monkeypatch.setattr(kallichore.server.priority, "_HAVE_EPOLL", False)
     elif not hasattr(select, "epoll"):
         pytest.skip("no epoll on this platform")
     priority = RequestPriority(window=10.0, arrival_window=1.0, arrival_cooldown=5.0)

@@ -1,8 +1,8 @@
 """The sans-io layer stays sans-io: no event loop, sockets or web framework.
 
 Parses (never imports) every module under ``kallichore/wire/`` plus
-``kallichore/errors.py``, the WebSocket frame codec (``api/ws_frames.py``), the execution
-result builder (``api/execution.py``), the client envelope encoder (``session/envelope.py``),
+``kallichore/errors.py``, the WebSocket frame codec (``protocol/ws_frames.py``), the execution
+result builder (``protocol/execution.py``), the client envelope encoder (``protocol/envelope.py``),
 the flag layering (``settings.py``, ``flag_values.py``) and the kernel policy
 (``supervisor/policy.py``, ``supervisor/dropped_messages.py``), and fails on an import of trio,
 zmq, quart, quart_trio
@@ -26,11 +26,10 @@ FORBIDDEN = frozenset({"trio", "zmq", "quart", "quart_trio", "hypercorn"})
 SANS_IO_FILES = sorted(
     [
         *(PACKAGE_ROOT / "wire").rglob("*.py"),
+        *(PACKAGE_ROOT / "protocol").rglob("*.py"),
+        *(PACKAGE_ROOT / "session").rglob("*.py"),
         PACKAGE_ROOT / "errors.py",
         PACKAGE_ROOT / "__init__.py",
-        PACKAGE_ROOT / "api" / "ws_frames.py",
-        PACKAGE_ROOT / "api" / "execution.py",
-        PACKAGE_ROOT / "session" / "envelope.py",
         PACKAGE_ROOT / "settings.py",
         PACKAGE_ROOT / "flag_values.py",
         PACKAGE_ROOT / "supervisor" / "policy.py",

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from kallichore.errors import RemoteProtocolError
-from kallichore.session.envelope import EnvelopeEncoder
+from kallichore.protocol.envelope import EnvelopeEncoder
 from kallichore.wire.message import WireMessage
 
 

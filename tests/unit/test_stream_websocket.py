@@ -14,8 +14,8 @@ import trio
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from kallichore.api.stream_websocket import WRITE_CHUNK, StreamChannelConnection
-from kallichore.api.websocket import ChannelClosedError
+from kallichore.channels.bridge import ChannelClosedError
+from kallichore.channels.stream_websocket import WRITE_CHUNK, StreamChannelConnection
 
 _STREAMS: list[trio.SocketStream] = []
 

@@ -17,7 +17,7 @@ from wsproto.events import Message as WsMessage
 from wsproto.events import Ping as WsPing
 from wsproto.events import Pong as WsPong
 
-from kallichore.api.ws_frames import (
+from kallichore.protocol.ws_frames import (
     OP_PING,
     OP_PONG,
     Close,

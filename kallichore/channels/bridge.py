@@ -2,9 +2,9 @@
 
 A client (Positron) talks Jupyter to a session over one WebSocket, reached
 either by upgrading ``GET /sessions/{id}/channels`` on the TCP server
-(:mod:`kallichore.api.tcp_channels`, or this module's app route for an
+(:mod:`kallichore.channels.tcp_channels`, or this module's app route for an
 upgrade on a kept-alive connection) or through a per-session Unix socket
-(:mod:`kallichore.api.channel_socket`). All of them run the same bridge,
+(:mod:`kallichore.channels.channel_socket`). All of them run the same bridge,
 :func:`serve_channel`, against a small :class:`ChannelConnection` interface.
 
 Task tree of one connection (quart-trio's ``asgi.py`` pattern: one nursery,
@@ -69,14 +69,14 @@ import attrs
 import orjson
 import trio
 
-from kallichore.api.envelope import parse_client_frame
 from kallichore.config import Transport
 from kallichore.errors import ErrorCode, KallichoreError, RemoteProtocolError, SessionNotFoundError
+from kallichore.protocol.envelope import parse_client_frame
 
 if TYPE_CHECKING:
     from quart import Quart, Response
 
-    from kallichore.server import Server
+    from kallichore.server.root import Server
     from kallichore.supervisor.session import ClientAttachment, KernelSession
 
 __all__ = [

@@ -1,6 +1,6 @@
 """WebSocket frames (RFC 6455) for the server side of a channel, sans-io.
 
-The channel bridge (:mod:`kallichore.api.stream_websocket`) reads clients'
+The channel bridge (:mod:`kallichore.channels.stream_websocket`) reads clients'
 frames with :class:`FrameReader` and writes its own with the encoders at
 the bottom. There is no extension, no subprotocol and no I/O here: bytes go
 in, events come out.

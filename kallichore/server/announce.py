@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 
 from kallichore.config import ConfigError, ServerConfig, Transport
-from kallichore.listener import BoundListener
+from kallichore.server.listener import BoundListener
 
 __all__ = [
     "WrittenFile",

@@ -27,9 +27,9 @@ and the client opens its WebSocket there.
   to the WebSocket.
 
 The WebSocket itself is a
-:class:`~kallichore.api.stream_websocket.StreamChannelConnection` (shared
+:class:`~kallichore.channels.stream_websocket.StreamChannelConnection` (shared
 with TCP channel upgrades) served by
-:func:`~kallichore.api.websocket.serve_channel`.
+:func:`~kallichore.channels.bridge.serve_channel`.
 """
 
 from __future__ import annotations
@@ -45,16 +45,16 @@ import attrs
 import trio
 
 from kallichore.api.access_log import log_access
-from kallichore.api.stream_websocket import (
+from kallichore.channels.bridge import serve_channel
+from kallichore.channels.stream_websocket import (
     MAX_MESSAGE_BYTES,
     RECEIVE_SIZE,
     StreamChannelConnection,
     upgrade_response,
 )
-from kallichore.api.websocket import serve_channel
 from kallichore.config import ConfigError, ServerConfig, default_socket_path
 from kallichore.errors import BadRequestError, ErrorCode
-from kallichore.listener import BoundListener, bind_unix, check_socket_path
+from kallichore.server.listener import BoundListener, bind_unix, check_socket_path
 
 if TYPE_CHECKING:
     from kallichore.supervisor.session import KernelSession

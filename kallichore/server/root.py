@@ -37,19 +37,19 @@ import attrs
 import trio
 
 from kallichore import fd_limit
-from kallichore.announce import (
+from kallichore.channels.channel_socket import ChannelSockets, channel_socket_dir
+from kallichore.config import ServerConfig, Transport, idle_shutdown_period
+from kallichore.server.announce import (
     WrittenFile,
     connection_details,
     remove_connection_file,
     send_handshake,
     write_connection_file,
 )
-from kallichore.api.channel_socket import ChannelSockets, channel_socket_dir
-from kallichore.config import ServerConfig, Transport, idle_shutdown_period
-from kallichore.idle import IdleWatcher
-from kallichore.listener import BoundListener, bind_listener
-from kallichore.memory import MemoryTrimmer
-from kallichore.resources import ResourceSampler
+from kallichore.server.idle import IdleWatcher
+from kallichore.server.listener import BoundListener, bind_listener
+from kallichore.server.memory import MemoryTrimmer
+from kallichore.server.resources import ResourceSampler
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
 
@@ -179,7 +179,7 @@ async def serve(
     from kallichore.api.app import create_app
     from kallichore.api.http import serve_http
     from kallichore.api.server_refusals import install_refusal_bodies
-    from kallichore.api.tcp_channels import TcpChannelUpgrades
+    from kallichore.channels.tcp_channels import TcpChannelUpgrades
 
     install_refusal_bodies()
     listener = listener if listener is not None else bind_listener(config)

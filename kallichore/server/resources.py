@@ -3,7 +3,7 @@
 One task for the whole server. Every ``interval`` seconds it calls
 ``sample()``, which measures the sessions that have a client attached (the
 registry decides who and how). The interval is a moving cancel-scope
-deadline, as in :mod:`kallichore.idle`: :meth:`ResourceSampler.set_interval`
+deadline, as in :mod:`kallichore.server.idle`: :meth:`ResourceSampler.set_interval`
 takes effect at once, and ``None`` (interval 0) parks the task until sampling
 is turned on again. The first sample comes one interval after start or after
 a change, as in Kallichore.

@@ -1,16 +1,16 @@
 """A server-side WebSocket on a plain trio stream, for the channel bridge.
 
 Channel WebSockets do not go through the ASGI stack: the per-session Unix
-sockets (:mod:`kallichore.api.channel_socket`) and TCP channel upgrades
-(:mod:`kallichore.api.tcp_channels`) both hand the stream, after the opening
+sockets (:mod:`kallichore.channels.channel_socket`) and TCP channel upgrades
+(:mod:`kallichore.channels.tcp_channels`) both hand the stream, after the opening
 handshake, to :class:`StreamChannelConnection`, which satisfies
-:class:`~kallichore.api.websocket.ChannelConnection`.
+:class:`~kallichore.channels.bridge.ChannelConnection`.
 
 Why not hypercorn's WebSocket: it turns every message into an ASGI event, a
 wsproto encode and its own ``send()`` system call. Under a flood of kernel
 output that path was half of the server's CPU. Here a batch of frames is
 one buffer and usually one system call (:meth:`StreamChannelConnection.send_frames`),
-and the client's frames are read by :class:`~kallichore.api.ws_frames.FrameReader`
+and the client's frames are read by :class:`~kallichore.protocol.ws_frames.FrameReader`
 (see there for why not wsproto).
 
 The closing handshake (RFC 6455 section 7): whoever closes first sends a
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 import trio
 
-from kallichore.api.websocket import ChannelClosedError
-from kallichore.api.ws_frames import (
+from kallichore.channels.bridge import ChannelClosedError
+from kallichore.protocol.ws_frames import (
     OP_PING,
     OP_PONG,
     Close,

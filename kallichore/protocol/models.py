@@ -2,7 +2,7 @@
 
 Field names are the spec's (snake_case on the wire and here). The models carry
 no validation or serialisation logic: that lives in
-:mod:`kallichore.api.converter`, at the edge (the cattrs principle). Optional
+:mod:`kallichore.protocol.converter`, at the edge (the cattrs principle). Optional
 fields default to ``None``, and ``None`` fields are omitted from responses, as
 Kallichore omits absent optional fields.
 """

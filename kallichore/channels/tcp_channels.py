@@ -6,7 +6,7 @@ hypercorn sees it (the ``take_connection`` hook of
 If that is a WebSocket upgrade of ``GET /sessions/{id}/channels`` that the
 app would accept (a valid token, a session that exists, a well-formed RFC
 6455 request), it answers ``101`` itself and runs the channel bridge on the
-stream with :class:`~kallichore.api.stream_websocket.StreamChannelConnection`,
+stream with :class:`~kallichore.channels.stream_websocket.StreamChannelConnection`,
 the same connection class as the per-session Unix sockets: batched writes,
 one system call per batch, and the 8-byte-counter pings of Kallichore.
 
@@ -32,14 +32,18 @@ import h11
 import trio
 
 from kallichore.api.access_log import log_access, masked_query
-from kallichore.api.auth import authorized
-from kallichore.api.stream_websocket import RECEIVE_SIZE, StreamChannelConnection, upgrade_response
-from kallichore.api.websocket import serve_channel
+from kallichore.channels.bridge import serve_channel
+from kallichore.channels.stream_websocket import (
+    RECEIVE_SIZE,
+    StreamChannelConnection,
+    upgrade_response,
+)
 from kallichore.errors import SessionNotFoundError
 from kallichore.logs import SessionLog
+from kallichore.protocol.auth import authorized
 
 if TYPE_CHECKING:
-    from kallichore.server import Server
+    from kallichore.server.root import Server
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "TcpChannelUpgrades"]
 
