@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from kallichore.api.envelope import client_message, execute_content
+from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.supervisor.session import KernelSession
 
 __all__ = [

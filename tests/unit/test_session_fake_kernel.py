@@ -31,7 +31,6 @@ import trio
 
 import kallichore
 from kallichore.errors import SessionStateError, StartupError
-from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry

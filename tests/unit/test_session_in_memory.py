@@ -27,7 +27,7 @@ import trio
 from trio.testing import MockClock
 
 from kallichore.errors import StartupError
-from kallichore.idle import IdleWatcher
+from kallichore.server.idle import IdleWatcher
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT
 from kallichore.supervisor.policy import KernelPolicy
