@@ -10,7 +10,7 @@ autojump clock, so connection timeouts, shutdown graces and hours of idleness
 take no real time and their lengths can be asserted exactly.
 
 The same scenarios over real processes and ZeroMQ are in
-tests/unit/test_session_fake_kernel.py.
+tests/integration/test_session_fake_kernel.py.
 """
 
 from __future__ import annotations
