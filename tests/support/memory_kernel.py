@@ -399,16 +399,25 @@ class MemoryKernelBackend:
         args = _parser().parse_args(list(argv)[list(argv).index(FAKE_KERNEL_MODULE) + 1 :])
         extra = [g.split() for g in env.get(BEHAVIOUR_ENV, "").split(";") if g.strip()]
         behaviour = Behaviour.parse([*args.behaviour, *extra])
+        process = self.start_kernel(
+            args.connection_file, behaviour, register=args.registration_file
+        )
+        self.spawned.append(process)
+        return process
+
+    def start_kernel(
+        self, connection_file: str, behaviour: Behaviour, *, register: bool = False
+    ) -> MemoryKernelProcess:
+        """Run a kernel on this backend's network without spawning it.
+
+        For a kernel someone else started (a session adopts it): it is not
+        in :attr:`spawned`.
+        """
         process = MemoryKernelProcess(next(self._pids), ignore_sigterm=behaviour.ignore_shutdown)
         kernel = MemoryKernel(
-            self.transport.network,
-            args.connection_file,
-            behaviour,
-            register=args.registration_file,
-            process=process,
+            self.transport.network, connection_file, behaviour, register=register, process=process
         )
         self.nursery.start_soon(kernel.run)
-        self.spawned.append(process)
         return process
 
 

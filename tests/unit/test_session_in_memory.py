@@ -38,8 +38,10 @@ from kallichore.supervisor.session import (
     KernelSession,
     SessionSpec,
 )
-from kallichore.testing.fake_kernel import fake_kernel_argv
+from kallichore.testing.fake_kernel import Behaviour, fake_kernel_argv
+from kallichore.transport.base import CHANNELS
 from kallichore.transport.memory import FIRST_PORT
+from kallichore.wire.connection_file import ConnectionInfo, encode_connection_file
 from tests.support.memory_kernel import FIRST_FAKE_PID, MemoryKernelBackend, MemoryKernelProcess
 from tests.support.session_frames import (
     Frames,
@@ -529,3 +531,34 @@ async def test_idle_shutdown_waits_for_a_long_execution_then_one_idle_period(
         assert not fired, "the server shut down while a session was busy"
         await trio.sleep(2 * hour)
     assert fired == [pytest.approx(idle_at + hour, abs=0.1)]
+
+
+# ------------------------------------------------------------------- adopt
+
+
+async def test_an_adopted_kernel_that_goes_away_ends_its_session(
+    autojump_clock: MockClock,
+    make_session: Callable[..., KernelSession],
+    backend: MemoryKernelBackend,
+    tmp_path: Path,
+) -> None:
+    network = backend.transport.network
+    ports = {f"{name}_port": network.pick_port() for name in CHANNELS}
+    info = ConnectionInfo(**ports, key="adopted-key")
+    path = tmp_path / "someone-elses-kernel.json"
+    path.write_bytes(encode_connection_file(info))
+    kernel = backend.start_kernel(str(path), Behaviour())
+    session = make_session()
+    frames = Frames(session)
+
+    kernel_info = await session.adopt(info)
+    assert kernel_info["implementation"] == "fake"
+    assert session.status is SessionStatus.IDLE
+    request = execute_request("adopted")
+    await session.send_from_client(request)
+    await frames.wait_for(is_idle(msg_id(request)))
+
+    kernel.exit(0)  # its owner stops it: its sockets go away
+    await frames.wait_for(lambda f: f["kind"] == "kernel" and "exited" in f)
+    assert session.status is SessionStatus.EXITED
+    assert [s["content"]["text"] for s in frames.jupyter("stream")] == ["adopted"]
