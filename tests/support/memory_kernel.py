@@ -375,6 +375,11 @@ class MemoryKernelBackend:
     spawned: list[MemoryKernelProcess] = attrs.field(factory=list)
     #: Raised by the next spawn instead of starting a kernel (then cleared).
     spawn_error: OSError | None = None
+    #: How many of the next spawned kernels find their shell port taken by
+    #: another program (they exit 1 with "Address already in use").
+    ports_taken: int = 0
+    #: Sockets bound by :attr:`ports_taken`, open until the test ends.
+    squatters: list[MemorySocket] = attrs.field(factory=list)
     _pids: Iterator[int] = attrs.field(factory=lambda: itertools.count(FIRST_FAKE_PID), init=False)
 
     async def spawn(
@@ -399,11 +404,20 @@ class MemoryKernelBackend:
         args = _parser().parse_args(list(argv)[list(argv).index(FAKE_KERNEL_MODULE) + 1 :])
         extra = [g.split() for g in env.get(BEHAVIOUR_ENV, "").split(";") if g.strip()]
         behaviour = Behaviour.parse([*args.behaviour, *extra])
+        if self.ports_taken > 0:
+            self.ports_taken -= 1
+            self._take_shell_port(args.connection_file)
         process = self.start_kernel(
             args.connection_file, behaviour, register=args.registration_file
         )
         self.spawned.append(process)
         return process
+
+    def _take_shell_port(self, connection_file: str) -> None:
+        """Bind the kernel's shell endpoint first, as a program racing it would."""
+        info = _read_json(connection_file)
+        endpoint = f"tcp://{info.get('ip', '127.0.0.1')}:{info['shell_port']}"
+        self.squatters.append(self.transport.network.bind(SocketKind.ROUTER, endpoint))
 
     def start_kernel(
         self, connection_file: str, behaviour: Behaviour, *, register: bool = False

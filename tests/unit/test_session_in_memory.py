@@ -249,6 +249,36 @@ async def test_a_failed_spawn_is_a_startup_error_with_the_errno(
     assert len(registry.ports) == 0  # the ports picked for it are free again
 
 
+async def test_a_kernel_that_lost_a_port_race_is_started_again_with_new_ports(
+    autojump_clock: MockClock,
+    make_session: Callable[..., KernelSession],
+    backend: MemoryKernelBackend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend.ports_taken = 2
+    session = make_session()
+    await session.start()
+
+    assert [p.returncode for p in backend.spawned] == [1, 1, None]
+    assert session.status is SessionStatus.IDLE
+    retries = [r.getMessage() for r in caplog.records if "starting again" in r.getMessage()]
+    assert [m.rsplit("(", 1)[1] for m in retries] == ["attempt 2 of 3)", "attempt 3 of 3)"]
+
+
+async def test_a_kernel_that_keeps_losing_port_races_fails_after_three_attempts(
+    autojump_clock: MockClock,
+    make_session: Callable[..., KernelSession],
+    backend: MemoryKernelBackend,
+) -> None:
+    backend.ports_taken = 3
+    session = make_session()
+    with pytest.raises(StartupError) as caught:
+        await session.start()
+    assert caught.value.code.value == "KS-8"
+    assert "Address already in use" in (caught.value.output or "")
+    assert len(backend.spawned) == 3
+
+
 # ------------------------------------------------------- the shutdown ladder
 
 
