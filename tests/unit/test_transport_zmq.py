@@ -27,6 +27,7 @@ from kallichore.transport.zmq import (
     TransportClosedError,
     TransportError,
     TrioZmqSocket,
+    ZmqTransport,
     heartbeat_once,
     open_kernel_sockets,
     open_registration_socket,
@@ -484,6 +485,33 @@ async def test_open_kernel_sockets_against_fake_kernel(
             assert sock.raw.getsockopt(zmq.LINGER) == 0
         assert sockets.hb.raw.getsockopt(zmq.TYPE) == zmq.REQ
     assert all(sock.closed for sock in sockets)
+
+
+async def echo_once(rep: TrioZmqSocket) -> None:
+    await rep.send_multipart(await rep.receive_multipart())
+
+
+async def test_transport_watches_for_the_kernel_going_away(
+    make_socket: SocketFactory, ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """``watch_disconnect``: ZeroMQ's disconnect event on hb is the kernel leaving."""
+    transport = ZmqTransport(context=ctx)
+    kernel, endpoints = fake_kernel(make_socket)
+    async with transport.open_kernel_connection(
+        endpoints, identity=b"s", watch_disconnect=True
+    ) as sockets:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_once, kernel["hb"])
+            with trio.fail_after(5):
+                await heartbeat_once(sockets.hb)  # connected: the echo came back
+        with trio.move_on_after(0.2) as still_there:
+            await sockets.wait_disconnected()
+        assert still_there.cancelled_caught
+        kernel["hb"].close()
+        with trio.fail_after(5):
+            await sockets.wait_disconnected()
+        assert sockets.hb_monitor is not None
+    assert sockets.hb_monitor.closed
 
 
 #: A flood larger than every buffer between a kernel's IOPub socket and ours
