@@ -15,9 +15,9 @@ Contract every :class:`FrameSocket` keeps:
 
 * frames are sent and received as whole multipart messages, never interleaved;
   messages from one sender arrive in the order they were sent;
-* ``send_multipart``, ``receive_multipart`` and ``receive_batch`` always
-  checkpoint, and if they raise :class:`trio.Cancelled` the message was not
-  sent / not consumed;
+* ``send_multipart``, ``receive_multipart``, ``receive_batch`` and
+  ``wait_readable`` always checkpoint, and if they raise :class:`trio.Cancelled`
+  the message was not sent / not consumed; ``receive_now`` never waits;
 * a send to the kernel waits while the socket's high-water mark is reached; it
   never drops. Kernel output (iopub) is received without a bound, so nothing
   is lost below the session's own bounded buffers;
@@ -97,12 +97,19 @@ class FrameSocket(Protocol):
         """
         ...
 
-    def readable_now(self) -> bool:
-        """Whether a message is queued, making sure the receiver will see it.
+    async def wait_readable(self) -> None:
+        """Wait until a message is queued; take it with :meth:`receive_now`.
 
-        For another task that wants this socket's receiver to run before it
-        goes on: after ``True``, two checkpoints let a receiver that was
-        asleep take the message.
+        Consumes nothing, so cancelling it loses nothing.
+        """
+        ...
+
+    def receive_now(self) -> list[bytes] | None:
+        """The next queued message, or ``None`` if there is none; never waits.
+
+        Never checkpoints, so a task that handles the message before its
+        next checkpoint keeps messages in order with any other task taking
+        from the same socket (one may wait in :meth:`wait_readable` meanwhile).
         """
         ...
 

@@ -328,6 +328,33 @@ class MemorySocket:
             return frames[split:]
         return frames
 
+    async def wait_readable(self) -> None:
+        """Wait until a message is queued; take it with :meth:`receive_now`.
+
+        **Cancellation:** safe: consumes nothing.
+
+        **Errors:** :class:`TransportClosedError` when closed (also while waiting).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            self._check_open()
+            if self._inbox:
+                break
+            waited = True
+            await self._readable.park()
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def receive_now(self) -> list[bytes] | None:
+        """The next queued message, or ``None``; never waits nor checkpoints.
+
+        **Errors:** :class:`TransportClosedError` when closed.
+        """
+        self._check_open()
+        batch = self._take(1)
+        return batch[0] if batch else None
+
     def readable_now(self) -> bool:
         """Whether a message is queued (its receiver is always woken already)."""
         return not self._closed and bool(self._inbox)

@@ -1,7 +1,7 @@
 """Reading what a session sends its client, for tests that drive a session directly.
 
 A :class:`~kallichore.supervisor.session.KernelSession` queues every frame
-for its client in ``session.outbox``; :class:`Frames` pops and decodes them,
+for its client in ``session.fanout.outbox``; :class:`Frames` pops and decodes them,
 and the predicates pick out Jupyter messages and kernel events. Used by the
 session tests on real processes and on the in-memory transport alike.
 """
@@ -39,7 +39,7 @@ class Frames:
 
     def drain(self) -> list[Frame]:
         """Pop what the outbox holds now; returns all frames seen so far."""
-        while (frame := self.session.outbox.pop()) is not None:
+        while (frame := self.session.fanout.outbox.pop()) is not None:
             self.seen.append(orjson.loads(frame))
         return self.seen
 
@@ -47,7 +47,7 @@ class Frames:
         """The first frame (seen before or arriving later) matching ``predicate``."""
         index = 0
         while True:
-            changed = self.session.outbox_changed
+            changed = self.session.fanout.outbox_changed
             self.drain()
             for frame in self.seen[index:]:
                 if predicate(frame):

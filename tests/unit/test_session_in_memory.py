@@ -479,7 +479,7 @@ async def test_execute_requests_queue_and_run_in_order(
     assert [s["parent_header"]["msg_id"] for s in streams] == [msg_id(r) for r in requests]
     counts = [r["content"]["execution_count"] for r in frames.jupyter("execute_reply")]
     assert counts == [1, 2, 3]
-    assert session.to_json()["execution_queue"] == {"length": 0, "pending": []}
+    assert session.execution_queue.to_json() == {"length": 0, "pending": []}
 
 
 async def test_flood_arrives_complete_and_in_order(
@@ -494,7 +494,7 @@ async def test_flood_arrives_complete_and_in_order(
     await frames.wait_for(is_idle(msg_id(request)))
     texts = [s["content"]["text"] for s in frames.jupyter("stream")]
     assert texts == [f"{i}\n" for i in range(2000)]
-    assert session.outbox.take_dropped() == 0
+    assert session.fanout.outbox.take_dropped() == 0
 
 
 # ------------------------------------------------------ liveness and exits

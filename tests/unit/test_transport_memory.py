@@ -274,3 +274,27 @@ async def test_registration_socket_gets_the_request_and_the_reply_outlives_it() 
         await sock.send_multipart([b"handshake_reply"])
     assert sock.closed
     assert await kernel.receive_multipart() == [b"handshake_reply"]
+
+
+async def test_wait_readable_consumes_nothing_and_receive_now_never_waits() -> None:
+    dealer, router = _pair(MemoryNetwork())
+    assert dealer.receive_now() is None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dealer.wait_readable)
+        await trio.testing.wait_all_tasks_blocked()
+        await router.send_multipart([b"me", b"first"])
+        await router.send_multipart([b"me", b"second"])
+    with trio.testing.assert_checkpoints():
+        await dealer.wait_readable()  # still there: nothing was taken
+    with trio.testing.assert_no_checkpoints():
+        assert dealer.receive_now() == [b"first"]
+        assert dealer.receive_now() == [b"second"]
+        assert dealer.receive_now() is None
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await dealer.wait_readable()
+    dealer.close()
+    with pytest.raises(TransportClosedError):
+        dealer.receive_now()
+    with pytest.raises(TransportClosedError):
+        await dealer.wait_readable()
