@@ -19,8 +19,9 @@ import errno
 import itertools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -108,6 +109,23 @@ def make_session(registry: SessionRegistry, tmp_path: Path) -> Callable[..., Ker
         return registry.create(spec)
 
     return make
+
+
+StartSession = Callable[..., Awaitable[tuple[KernelSession, MemoryKernelProcess]]]
+
+
+@pytest.fixture
+def start_session(
+    make_session: Callable[..., KernelSession], backend: MemoryKernelBackend
+) -> StartSession:
+    """``await start_session(*behaviours, ...)`` -> a started session and its kernel process."""
+
+    async def start(*behaviours: str, **options: Any) -> tuple[KernelSession, MemoryKernelProcess]:
+        session = make_session(*behaviours, **options)
+        await session.start()
+        return session, process_of(backend, session)
+
+    return start
 
 
 def process_of(backend: MemoryKernelBackend, session: KernelSession) -> MemoryKernelProcess:
@@ -284,14 +302,11 @@ async def test_a_kernel_that_keeps_losing_port_races_fails_after_three_attempts(
 
 async def test_shutdown_of_a_kernel_that_ignores_everything_climbs_the_whole_ladder(
     autojump_clock: MockClock,
-    make_session: Callable[..., KernelSession],
-    backend: MemoryKernelBackend,
+    start_session: StartSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="kallichore.supervisor.process")
-    session = make_session("ignore-shutdown")
-    await session.start()
-    process = process_of(backend, session)
+    session, process = await start_session("ignore-shutdown")
     began = trio.current_time()
     await session.shutdown()
 
@@ -305,12 +320,9 @@ async def test_shutdown_of_a_kernel_that_ignores_everything_climbs_the_whole_lad
 
 async def test_a_kernel_that_ignores_the_request_but_not_sigterm_stops_at_the_second_rung(
     autojump_clock: MockClock,
-    make_session: Callable[..., KernelSession],
-    backend: MemoryKernelBackend,
+    start_session: StartSession,
 ) -> None:
-    session = make_session("ignore-shutdown")
-    await session.start()
-    process = process_of(backend, session)
+    session, process = await start_session("ignore-shutdown")
     process.ignore_sigterm = False
     began = trio.current_time()
     await session.shutdown()
@@ -322,13 +334,10 @@ async def test_a_kernel_that_ignores_the_request_but_not_sigterm_stops_at_the_se
 
 async def test_kill_skips_the_polite_step_and_exited_is_the_last_event(
     autojump_clock: MockClock,
-    make_session: Callable[..., KernelSession],
-    backend: MemoryKernelBackend,
+    start_session: StartSession,
 ) -> None:
-    session = make_session("ignore-shutdown")
+    session, process = await start_session("ignore-shutdown")
     frames = Frames(session)
-    await session.start()
-    process = process_of(backend, session)
     began = trio.current_time()
     await session.kill()
 
@@ -358,13 +367,10 @@ async def test_registry_teardown_stops_every_kernel_concurrently(
 
 async def test_restart_gives_a_new_process_and_the_old_one_left_politely(
     autojump_clock: MockClock,
-    make_session: Callable[..., KernelSession],
-    backend: MemoryKernelBackend,
+    start_session: StartSession,
 ) -> None:
-    session = make_session()
+    session, first = await start_session()
     frames = Frames(session)
-    await session.start()
-    first = process_of(backend, session)
     await session.restart(None, None)
 
     assert session.process_id not in (None, first.pid)
@@ -380,12 +386,10 @@ async def test_restart_gives_a_new_process_and_the_old_one_left_politely(
 
 async def test_restart_of_a_stubborn_kernel_climbs_the_ladder_then_starts_again(
     autojump_clock: MockClock,
-    make_session: Callable[..., KernelSession],
+    start_session: StartSession,
     backend: MemoryKernelBackend,
 ) -> None:
-    session = make_session("ignore-shutdown")
-    await session.start()
-    first = process_of(backend, session)
+    session, first = await start_session("ignore-shutdown")
     began = trio.current_time()
     await session.restart(None, None)
 
