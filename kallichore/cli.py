@@ -53,7 +53,6 @@ from kallichore.process_name import set_process_name
 from kallichore.server.listener import BoundListener, adopt_listener
 from kallichore.settings import LayeredArgs, parse_layered
 from kallichore.systemd import ActivationError, Notifier, listen_sockets
-from kallichore.transport.zmq import size_zmq_context
 
 __all__ = ["CLIENT_SECTION", "build_parser", "main", "module_main"]
 
@@ -421,7 +420,7 @@ def _raise_fd_limit() -> None:
     before, after = fd_limit.raise_soft_limit()
     if after != before:
         logger.info("Raised the open-file soft limit from %s to %s", before.soft, after.soft)
-    size_zmq_context(fd_limit.current_limits().soft)
+    fd_limit.size_zmq_context()
     fd_limit.quiet_accept_errors()
 
 

@@ -16,8 +16,7 @@ What we do about it:
   kernel sees the limit it would have had without us; programs that use
   ``select()`` or loop over every possible descriptor rely on a small one.
   Go's ``os/exec`` does the same for its children.
-* **Size ZeroMQ's socket table to match**
-  (:func:`kallichore.transport.zmq.size_zmq_context`); its
+* **Size ZeroMQ's socket table to match** (:func:`size_zmq_context`); its
   default cap of 1023 sockets would otherwise run out first, at about 200
   sessions, with the same "Too many open files" error.
 * **Log** the limits and about how many sessions they allow
@@ -60,6 +59,7 @@ __all__ = [
     "restore_child_limit",
     "sessions_allowed",
     "shortage_error",
+    "size_zmq_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,19 @@ def restore_child_limit(pid: int) -> None:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (_original_soft, hard))
     except (ProcessLookupError, PermissionError, OSError, ValueError) as exc:
         logger.debug("Could not restore the open-file limit of process %d: %s", pid, exc)
+
+
+def size_zmq_context() -> None:
+    """Let the process-wide ZeroMQ context have as many sockets as descriptors.
+
+    ZeroMQ caps a context at 1023 sockets by default, and reports the cap as
+    ``EMFILE`` too. Takes effect only before the context's first socket, so
+    call it at start, after :func:`raise_soft_limit`. (ZeroMQ itself is
+    touched only in :func:`kallichore.transport.zmq.size_zmq_context`.)
+    """
+    from kallichore.transport.zmq import size_zmq_context as size_context
+
+    size_context(current_limits().soft)
 
 
 class _AcceptErrorThrottle(logging.Filter):
