@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import kill_tree, marked_processes
-from tests.integration.server_process import ServerFactory, short_tempdir
+from tests.support.kernel_server import kill_tree, marked_processes
+from tests.support.server_process import ServerFactory, short_tempdir
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.helpers import (
+from tests.support.kernel_server import (
     KERNEL_ARGV,
     KernelServer,
     collect_execution,
@@ -439,7 +439,7 @@ def test_startup_failure_reports_exit_code_and_output(server: KernelServer) -> N
 
 def port_taken_argv(count_file: str, times: int) -> list[str]:
     """A kernel whose shell port is taken before it binds it, the first ``times`` runs."""
-    module = "tests.integration.port_taken_kernel"
+    module = "tests.support.port_taken_kernel"
     return [sys.executable, "-m", module, count_file, str(times), "-f", "{connection_file}"]
 
 

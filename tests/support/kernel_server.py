@@ -22,10 +22,11 @@ from typing import Any
 
 import psutil
 
+from tests.support.paths import with_repo_on_path
+
 __all__ = [
     "KERNEL_ARGV",
     "MARKER_VAR",
-    "REPO_ROOT",
     "HttpResult",
     "KernelDroppedOutputWarning",
     "KernelServer",
@@ -43,8 +44,6 @@ class KernelDroppedOutputWarning(UserWarning):
     warnings-are-errors rule. See ``docs/channels.md``.
     """
 
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Environment variable carrying a per-module marker into every process we start.
 MARKER_VAR = "KC_INTEGRATION_MARKER"
@@ -189,7 +188,7 @@ class KernelServer:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env[MARKER_VAR] = self.marker
-        env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        with_repo_on_path(env)
         # Kernel connection files land here (tempfile.gettempdir()).
         env["TMPDIR"] = self.tmpdir
         # Base values for the append/prepend environment actions.

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from tests.support.paths import REPO_ROOT, with_repo_on_path
+
 __all__ = [
-    "REPO_ROOT",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "Endpoint",
@@ -43,7 +44,6 @@ __all__ = [
     "short_tempdir",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long a server may take to become reachable.
 START_TIMEOUT = 10.0  # seconds
 #: How long a server may take to exit once asked to.
@@ -64,8 +64,7 @@ def server_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALLICHORE_")}
     env["KALLICHORE_CONFIG"] = "none"
     env.pop("RUST_LOG", None)
-    pythonpath = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+    with_repo_on_path(env)
     for name, value in (overrides or {}).items():
         if value is None:
             env.pop(name, None)
