@@ -37,10 +37,10 @@ from wsproto.events import (
     TextMessage,
 )
 
+from tests.support.bodies import session_body
 from tests.support.channel_server import TOKEN, ChannelServer
 from tests.support.kernel_server import (
     KernelDroppedOutputWarning,
-    session_body,
 )
 
 pytestmark = pytest.mark.integration

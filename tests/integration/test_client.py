@@ -34,8 +34,8 @@ from kallichore.client import (
 from kallichore.client import _channel as channel_module
 from kallichore.client._models import SessionStatus
 from kallichore.protocol.models import ServerConfiguration
+from tests.support.bodies import session_body
 from tests.support.channel_server import ChannelServer
-from tests.support.kernel_server import session_body
 from tests.support.paths import REPO_ROOT, with_repo_on_path
 
 pytestmark = pytest.mark.integration

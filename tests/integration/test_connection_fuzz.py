@@ -25,8 +25,9 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.support.bodies import session_body
 from tests.support.connection_fuzz import ConnectionFuzzer, FuzzTarget
-from tests.support.kernel_server import MARKER_VAR, session_body
+from tests.support.kernel_server import MARKER_VAR
 from tests.support.server_process import Endpoint, ServerFactory, short_tempdir
 
 pytestmark = pytest.mark.integration

@@ -29,8 +29,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.support.bodies import KERNEL_ARGV, session_body
 from tests.support.kernel_server import (
-    KERNEL_ARGV,
     KernelServer,
     collect_execution,
     execute,
@@ -38,7 +38,6 @@ from tests.support.kernel_server import (
     kill_tree,
     marked_processes,
     running_server,
-    session_body,
     start_external_kernel,
     wait_for,
 )

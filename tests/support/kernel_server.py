@@ -22,17 +22,16 @@ from typing import Any
 
 import psutil
 
+from tests.support.bodies import session_body
 from tests.support.paths import with_repo_on_path
 
 __all__ = [
-    "KERNEL_ARGV",
     "MARKER_VAR",
     "HttpResult",
     "KernelDroppedOutputWarning",
     "KernelServer",
     "kill_tree",
     "marked_processes",
-    "session_body",
     "wait_for",
 ]
 
@@ -48,8 +47,6 @@ class KernelDroppedOutputWarning(UserWarning):
 #: Environment variable carrying a per-module marker into every process we start.
 MARKER_VAR = "KC_INTEGRATION_MARKER"
 
-#: A real ipykernel (argv template; the server substitutes the connection file).
-KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 #: How long a server gets to write its connection file.
 SERVER_READY_TIMEOUT = 20.0  # seconds
@@ -102,27 +99,6 @@ class HttpResult:
         # diagnose a failure from CI's log alone.
         limit = 500 if self.status < 400 else 8000
         return f"<HttpResult {self.status} {self.body[:limit]!r} in {self.elapsed:.2f}s>"
-
-
-def session_body(session_id: str, **overrides: Any) -> dict[str, Any]:
-    """A complete ``newSession`` body for an ipykernel, with ``overrides`` applied."""
-    body: dict[str, Any] = {
-        "session_id": session_id,
-        "display_name": f"Test {session_id}",
-        "language": "python",
-        "username": "tester",
-        "input_prompt": ">>> ",
-        "continuation_prompt": "... ",
-        "argv": list(KERNEL_ARGV),
-        "working_directory": os.getcwd(),
-        "env": [],
-        "interrupt_mode": "message",
-        "session_mode": "console",
-        "startup_environment": "none",
-        "connection_timeout": 30,
-    }
-    body.update(overrides)
-    return body
 
 
 def marked_processes(marker: str) -> list[psutil.Process]:

@@ -16,6 +16,7 @@ import h11
 import trio
 
 from kallichore.server import ServerAddress
+from tests.support.bodies import session_body
 
 UPGRADE = {
     "Upgrade": "websocket",
@@ -77,20 +78,12 @@ def upgrade_headers(**extra: str) -> dict[str, str]:
 async def create_session(address: ServerAddress, session_id: str) -> None:
     """Register a session (its kernel is never started)."""
     body = json.dumps(
-        {
-            "session_id": session_id,
-            "display_name": session_id,
-            "language": "python",
-            "username": "u",
-            "input_prompt": ">",
-            "continuation_prompt": "+",
-            "argv": [sys.executable, "-c", "pass"],
-            "session_mode": "console",
-            "working_directory": "/",
-            "env": [],
-            "interrupt_mode": "signal",
-            "startup_environment": "none",
-        }
+        session_body(
+            session_id,
+            argv=[sys.executable, "-c", "pass"],
+            working_directory="/",
+            interrupt_mode="signal",
+        )
     ).encode()
     status, _, created = await exchange(address, "PUT", "/sessions", bearer(address.token), body)
     assert status == 200, created
