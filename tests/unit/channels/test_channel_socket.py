@@ -145,9 +145,15 @@ def sock_dir() -> Iterator[Path]:
         yield path
 
 
-async def test_open_binds_a_private_socket_once(nursery: trio.Nursery, sock_dir: Path) -> None:
+@pytest.fixture
+async def sockets(nursery: trio.Nursery, sock_dir: Path) -> ChannelSockets:
+    """Running channel sockets in ``sock_dir``."""
     sockets = ChannelSockets(str(sock_dir))
     await nursery.start(sockets.run)
+    return sockets
+
+
+async def test_open_binds_a_private_socket_once(sockets: ChannelSockets) -> None:
     session = StandInSession("s1")
     path = sockets.open(session)  # type: ignore[arg-type]
     assert path == sockets.path_for("s1")
@@ -161,11 +167,9 @@ async def test_open_binds_a_private_socket_once(nursery: trio.Nursery, sock_dir:
 
 
 async def test_a_socket_closed_before_its_accept_loop_ran_is_harmless(
-    nursery: trio.Nursery, sock_dir: Path
+    sockets: ChannelSockets,
 ) -> None:
     """A kill or delete in the same scheduler pass as the GET that bound the socket."""
-    sockets = ChannelSockets(str(sock_dir))
-    await nursery.start(sockets.run)
     path = sockets.open(StandInSession("s1"))  # type: ignore[arg-type]
     sockets.close("s1")
     await trio.sleep(0.01)  # the accept loop runs, finds its listener closed, and ends
@@ -173,11 +177,7 @@ async def test_a_socket_closed_before_its_accept_loop_ran_is_harmless(
     assert sockets.open(StandInSession("s1")) == path  # type: ignore[arg-type]
 
 
-async def test_a_failed_handshake_leaves_the_listener_up(
-    nursery: trio.Nursery, sock_dir: Path
-) -> None:
-    sockets = ChannelSockets(str(sock_dir))
-    await nursery.start(sockets.run)
+async def test_a_failed_handshake_leaves_the_listener_up(sockets: ChannelSockets) -> None:
     path = sockets.open(StandInSession("s1"))  # type: ignore[arg-type]
     for _ in range(2):
         stream = await trio.open_unix_socket(path)
