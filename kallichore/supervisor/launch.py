@@ -53,6 +53,7 @@ __all__ = [
     "choose_shell",
     "choose_working_directory",
     "clean_startup_output",
+    "find_kernel",
     "find_on_path",
     "resolve_directory",
     "resolve_environment",
@@ -186,6 +187,11 @@ def find_on_path(argv0: str, path_env: str) -> str | None:
         if os.path.isfile(candidate):
             return candidate
     return None
+
+
+def find_kernel(argv0: str) -> str | None:
+    """:func:`find_on_path` against this process's ``PATH`` (a session spec's kernel lookup)."""
+    return find_on_path(argv0, os.environ.get("PATH", ""))
 
 
 def choose_shell(server_shell: str | None) -> str | None:

@@ -64,6 +64,7 @@ from kallichore.protocol.envelope import EnvelopeEncoder
 from kallichore.server.priority import RequestPriority
 from kallichore.session.execution_queue import ExecutionQueue
 from kallichore.session.outbox import Outbox
+from kallichore.session.spec import InterruptMode, SessionSpec
 from kallichore.session.state import SessionStatus, StatusTracker
 from kallichore.supervisor import launch
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
@@ -134,28 +135,6 @@ _DROPPABLE_IOPUB = frozenset(
         "clear_output",
     }
 )
-
-
-@attrs.frozen(kw_only=True)
-class SessionSpec:
-    """What a client asked for in ``PUT /sessions`` (the ``newSession`` model)."""
-
-    session_id: str
-    argv: tuple[str, ...]
-    display_name: str
-    language: str
-    username: str
-    input_prompt: str
-    continuation_prompt: str
-    session_mode: str
-    working_directory: str
-    env: tuple[tuple[str, str, str], ...]
-    interrupt_mode: str
-    startup_environment: str = "none"
-    startup_environment_arg: str | None = None
-    notebook_uri: str | None = None
-    connection_timeout: float = 30.0
-    protocol_version: str = "5.3"
 
 
 def _utc_now() -> dt.datetime:
@@ -519,11 +498,11 @@ class KernelSession:
             username=self.spec.username,
             display_name=self.spec.display_name,
             language=self.spec.language,
-            interrupt_mode=self.spec.interrupt_mode,
+            interrupt_mode=self.spec.interrupt_mode.value,
             initial_env=self.initial_env,
             connected=self.connected,
             started=_format_time(self.created),
-            session_mode=self.spec.session_mode,
+            session_mode=self.spec.session_mode.value,
             working_directory=self.working_directory,
         )
         if self.spec.notebook_uri is not None:
@@ -699,7 +678,7 @@ class KernelSession:
                 argv = launch.substitute_connection_file(spec.argv, path)
                 plan = launch.build_command(
                     argv,
-                    startup_environment=spec.startup_environment,
+                    startup_environment=spec.startup_environment.value,
                     startup_arg=spec.startup_environment_arg,
                     working_directory=cwd,
                     server_shell=os.environ.get("SHELL"),
@@ -1213,7 +1192,7 @@ class KernelSession:
         if inc is None or not self.execution_queue.is_active(msg_id):
             return
         self.log.info("interrupting the kernel: its execution %s was cancelled", msg_id)
-        if self.spec.interrupt_mode == "signal":
+        if self.spec.interrupt_mode is InterruptMode.SIGNAL:
             if inc.process is not None and inc.process.returncode is None:
                 inc.process.interrupt()
             return
@@ -1234,7 +1213,7 @@ class KernelSession:
         no kernel to interrupt.
         """
         inc = self._current
-        if self.spec.interrupt_mode == "signal":
+        if self.spec.interrupt_mode is InterruptMode.SIGNAL:
             if inc is None or inc.process is None or inc.process.returncode is not None:
                 raise SessionStateError(
                     ErrorCode.SESSION_INTERRUPT_FAILED,
