@@ -13,9 +13,9 @@ import pytest
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
+from kallichore.session.spec import SessionSpec
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import RegistryStatistics, SessionRegistry
-from kallichore.supervisor.session import SessionSpec
 
 
 def spec(session_id: str) -> SessionSpec:
