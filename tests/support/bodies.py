@@ -1,10 +1,12 @@
-"""Request bodies the tests send: a complete ``newSession`` for a real ipykernel."""
+"""What a test asks for a session with: a ``newSession`` body, or the spec it becomes."""
 
 from __future__ import annotations
 
 import os
 import sys
 from typing import Any
+
+from kallichore.session.spec import SessionSpec
 
 #: A real ipykernel (argv template; the server substitutes the connection file).
 KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -29,3 +31,22 @@ def session_body(session_id: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def session_spec(
+    session_id: str, *, argv: tuple[str, ...] = (sys.executable, "-c", "pass")
+) -> SessionSpec:
+    """A valid spec whose kernel (by default) exits at once; for sessions never started."""
+    return SessionSpec(
+        session_id=session_id,
+        argv=argv,
+        display_name=session_id,
+        language="python",
+        username="tester",
+        input_prompt=">>> ",
+        continuation_prompt="... ",
+        session_mode="console",
+        working_directory="/",
+        env=(),
+        interrupt_mode="signal",
+    )

@@ -7,31 +7,13 @@ tested in test_session.py (fake kernels) and the integration tests.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
-from kallichore.session.spec import SessionSpec
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import RegistryStatistics, SessionRegistry
-
-
-def spec(session_id: str) -> SessionSpec:
-    return SessionSpec(
-        session_id=session_id,
-        argv=(sys.executable, "-c", "pass"),
-        display_name=session_id,
-        language="python",
-        username="tester",
-        input_prompt=">>> ",
-        continuation_prompt="... ",
-        session_mode="console",
-        working_directory="/",
-        env=(),
-        interrupt_mode="signal",
-    )
+from tests.support.bodies import session_spec as spec
 
 
 @pytest.fixture
