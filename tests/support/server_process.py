@@ -185,6 +185,7 @@ class Endpoint:
         *,
         authorization: str | object | None = _OWN_TOKEN,
         headers: Mapping[str, str] | None = None,
+        timeout: float = HTTP_TIMEOUT,
     ) -> Reply:
         """One request on a fresh connection, closed afterwards.
 
@@ -214,7 +215,7 @@ class Endpoint:
             send_headers.setdefault("Content-Type", "application/json")
         if data is not None:
             send_headers.setdefault("Content-Length", str(len(data)))
-        conn = self.connection()
+        conn = self.connection(timeout)
         try:
             conn.request(method, path, body=data, headers=send_headers)
             response = conn.getresponse()
@@ -386,14 +387,14 @@ class ServerProcess:
     def send_signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers; always reaps. Idempotent."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL if it lingers past ``timeout``; always reaps. Idempotent."""
         try:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.send_signal(signal.SIGTERM)
                 try:
-                    self.proc.wait(timeout=STOP_TIMEOUT)
+                    self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     with contextlib.suppress(ProcessLookupError):
                         self.proc.kill()
