@@ -16,16 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.support.kernel_server import MARKER_VAR
+from tests.support.kernel_server import MARKER_VAR, SERVER_READY_TIMEOUT, SERVER_STOP_TIMEOUT
 from tests.support.server_process import Endpoint, ServerProcess
 
 TOKEN = "channels-test-token"
 #: Bound on one HTTP exchange with the server (a session start waits for its kernel).
 HTTP_TIMEOUT = 30.0  # seconds
-#: Bound on a server writing its connection file.
-SERVER_READY_TIMEOUT = 20.0  # seconds
-#: Bound on a server stopping its kernels and exiting after SIGTERM.
-SERVER_STOP_TIMEOUT = 20.0  # seconds
 
 
 class ChannelServer:

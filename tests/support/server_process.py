@@ -287,8 +287,9 @@ class ServerProcess:
         env: Mapping[str, str | None] | None = None,
         command: Sequence[str] | None = None,
         pass_fds: Sequence[int] = (),
+        cwd: Path | str = REPO_ROOT,
     ) -> None:
-        """Start ``python -m kallichore serve <args>``, or ``command`` if given."""
+        """Start ``python -m kallichore serve <args>``, or ``command`` if given, in ``cwd``."""
         self.args = list(args)
         workdir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="server-", suffix=".out", dir=workdir)
@@ -304,7 +305,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=self._stdout,
                 stderr=self._stderr,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 env=server_env(env),
                 start_new_session=True,
             )
