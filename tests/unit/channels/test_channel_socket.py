@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -32,7 +31,6 @@ from kallichore.channels.channel_socket import (
 )
 from kallichore.config import ServerConfig
 from kallichore.errors import BadRequestError, ErrorCode
-from tests.support.server_process import short_tempdir
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -137,12 +135,6 @@ class StandInSession:
     log: logging.LoggerAdapter[logging.Logger] = attrs.field(
         factory=lambda: logging.LoggerAdapter(logging.getLogger("test"))
     )
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    with short_tempdir() as path:
-        yield path
 
 
 @pytest.fixture
