@@ -25,7 +25,7 @@ Task tree of :func:`open_supervisor`::
 
     open_supervisor                 nursery, owned by the ``async with`` block
     └── SessionRegistry.run         sessions' nursery
-        └── KernelSession._run_kernel   one per running kernel (see session.py)
+        └── Incarnation.run_spawned     one per running kernel (see incarnation.py)
 
 The module lives at the top of the package, not under ``supervisor/``: it is
 a public surface composed of the registry (``supervisor/``), the envelope
@@ -55,6 +55,7 @@ import attrs
 import orjson
 import trio
 
+from kallichore.api.presenters import active_session_json
 from kallichore.protocol.envelope import parse_client_frame
 from kallichore.protocol.execution import ExecutionResult
 from kallichore.session.spec import (
@@ -131,7 +132,7 @@ class SessionChannel:
     @property
     def taken_over(self) -> bool:
         """Whether a newer client has replaced this one."""
-        return not self._session.is_current_client(self._attachment)
+        return not self._session.fanout.is_current_client(self._attachment)
 
     async def send(self, message: Mapping[str, Any]) -> None:
         """Send one Jupyter message to the kernel, as a WebSocket client would.
@@ -173,7 +174,7 @@ class SessionChannel:
                 raise trio.EndOfChannel
             # next_frames checkpoints before it takes anything, and returns
             # without another checkpoint once it has: nothing is lost here.
-            frames = await self._session.next_frames(self._attachment, limit=CHANNEL_BATCH)
+            frames = await self._session.fanout.next_frames(self._attachment, limit=CHANNEL_BATCH)
             if not frames:
                 raise trio.EndOfChannel
             self._pending.extend(frames)
@@ -197,7 +198,7 @@ class SessionChannel:
             return
         self._closed = True
         if self._pending and not self.taken_over:
-            self._session.requeue(list(self._pending))
+            self._session.fanout.requeue(list(self._pending))
         self._pending.clear()
         self._session.detach_client(self._attachment)
 
@@ -267,7 +268,7 @@ class Session:
 
     def to_json(self) -> dict[str, Any]:
         """The REST API's ``activeSession`` object for this session."""
-        return self._session.to_json()
+        return active_session_json(self._session, trio.current_time())
 
     async def start(self) -> dict[str, Any]:
         """Start the kernel; returns its ``kernel_info_reply`` content.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 from quart import Quart, Response, request
 
+from kallichore.api.presenters import active_session_json
 from kallichore.api.responses import json_response, null_response
 from kallichore.channels.bridge import register_channel_route
 from kallichore.config import (
@@ -215,7 +216,8 @@ def register_routes(app: Quart, server: Server) -> None:
 
     @app.get("/sessions")
     async def list_sessions() -> Response:
-        sessions = [s.to_json() for s in server.registry.list()]
+        now = trio.current_time()
+        sessions = [active_session_json(s, now) for s in server.registry.list()]
         return json_response({"total": len(sessions), "sessions": sessions})
 
     @app.put("/sessions")
@@ -226,7 +228,8 @@ def register_routes(app: Quart, server: Server) -> None:
 
     @app.get("/sessions/<session_id>")
     async def get_session(session_id: str) -> Response:
-        return json_response(server.registry.get(session_id).to_json())
+        session = server.registry.get(session_id)
+        return json_response(active_session_json(session, trio.current_time()))
 
     @app.delete("/sessions/<session_id>")
     async def delete_session(session_id: str) -> Response:

@@ -11,32 +11,21 @@ Task tree of one connection (quart-trio's ``asgi.py`` pattern: one nursery,
 the first task to finish ends the others)::
 
     serve_channel                 attach_client ... detach_client
-    ├── _Bridge.deliver           outbox -> client text frames
+    ├── _Bridge.deliver           session.deliver: the session's frames -> the connection
     ├── _Bridge.receive           client text frames -> kernel
     └── _Bridge.keepalive         pings (not on the app route: hypercorn pings there)
 
 Delivery
-    The delivery task waits on ``session.outbox_changed``, then takes a
-    batch with ``session.take_frames`` (synchronous) and hands it to the
-    connection, which writes as many frames as fit in one buffer per
-    ``send_frames`` call, each as a text message. Nothing checkpoints
-    between taking frames and handing them over, so a cancellation can
-    never strike in between; frames taken but not written (the connection
-    failed, the client asked to close, or a cancellation came during a
-    write) go back with ``session.requeue``, so the next client gets them,
-    in order. The session never waits for the client: the outbox is bounded
-    and its overflow policy (drop the oldest output, report
-    ``outputDropped``) lives in :mod:`kallichore.session.outbox`.
-
-    While the delivery task sleeps, the bridge is the attachment's
-    ``ImmediateWriter``: the session writes new frames itself, right after
-    reading them, if the socket takes them without waiting (a trickle of
-    output then costs no task switch at all), and wakes the delivery task
-    only for what is left.
+    The bridge does not write the session's frames itself: it lends the
+    connection to the session's client fan-out
+    (:mod:`kallichore.supervisor.fanout`), the one writer of a client
+    connection, which keeps the outbox order, writes straight through when
+    the socket takes frames without waiting, and requeues whatever was not
+    written, so the next client gets it.
 
 Takeover
-    A newer client makes ``take_frames`` return ``[]`` for the older one,
-    which sends ``clientDisconnected`` and closes.
+    A newer client ends the older one's delivery, which sends it
+    ``clientDisconnected``; the bridge then closes.
 
 Closing
     When the client ends its side (an empty text frame, a Close frame, or
@@ -60,18 +49,17 @@ Keep-alive
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import orjson
 import trio
 
 from kallichore.config import Transport
 from kallichore.errors import ErrorCode, KallichoreError, RemoteProtocolError, SessionNotFoundError
 from kallichore.protocol.envelope import parse_client_frame
+from kallichore.supervisor.fanout import TAKEOVER_NOTICE, ChannelClosedError, ClientConnection
 
 if TYPE_CHECKING:
     from quart import Quart, Response
@@ -98,54 +86,21 @@ PING_INTERVAL = 10.0  # seconds
 MAX_UNANSWERED_PINGS = 3  # pings
 #: How long delivery may take to reach a frame boundary once the client closed.
 DRAIN_TIMEOUT = 5.0  # seconds
-#: What a client that was taken over receives before the Close frame.
-TAKEOVER_NOTICE = orjson.dumps(
-    {"kind": "kernel", "clientDisconnected": "Another client is connecting to this session."}
-)
 
 _CHANNELS_PATH = "/sessions/<session_id>/channels"
 
 
-class ChannelClosedError(Exception):
-    """The connection can no longer carry frames (peer gone, or closing)."""
+class ChannelConnection(ClientConnection, Protocol):
+    """What the bridge needs from a WebSocket, whatever carries it.
 
-
-class ChannelConnection(Protocol):
-    """What the bridge needs from a WebSocket, whatever carries it."""
+    The frame-writing half (:class:`~kallichore.supervisor.fanout.ClientConnection`)
+    is used only by the session's fan-out.
+    """
 
     #: Highest ping counter the client has answered, or ``None`` when the
     #: transport keeps the connection alive by itself (no bridge pings).
     @property
     def pongs_received(self) -> int | None: ...
-
-    async def send_frames(self, frames: Sequence[bytes]) -> int:
-        """Send the first of ``frames`` (at least one) as text messages.
-
-        Returns how many were committed: written, or certain to be written
-        before anything else. Raises :class:`ChannelClosedError` having
-        committed none of them; if cancelled, none was committed either.
-        """
-
-    async def flush(self) -> None:
-        """Finish writing what :meth:`send_frames` committed.
-
-        Raises :class:`ChannelClosedError`; safe to cancel (the rest is
-        written before anything else).
-        """
-
-    @property
-    def can_write_now(self) -> bool:
-        """Whether :meth:`write_now` can ever write."""
-
-    def write_now(self, frames: Sequence[bytes]) -> int:
-        """Like :meth:`send_frames`, synchronously: 0 if it would have to wait.
-
-        Never raises: a failed connection is left for :meth:`send_frames`
-        to report.
-        """
-
-    def needs_flush(self) -> bool:
-        """Whether committed bytes are still unwritten."""
 
     async def send_ping(self, payload: bytes) -> None:
         """Send a ping. Raises :class:`ChannelClosedError`."""
@@ -192,10 +147,6 @@ class _Bridge:
     attachment: ClientAttachment
     conn: ChannelConnection
     nursery: trio.Nursery | None = None
-    # Set once the client has ended its side; delivery stops at a frame boundary.
-    closing: bool = False
-    # Scope around delivery's wait for frames (never around a send), while waiting.
-    wait_scope: trio.CancelScope | None = None
 
     def _end(self) -> None:
         assert self.nursery is not None
@@ -203,87 +154,16 @@ class _Bridge:
 
     async def deliver(self) -> None:
         try:
-            await self._deliver()
+            await self.session.deliver(self.attachment, self.conn)
         finally:
             self._end()
-
-    async def _deliver(self) -> None:
-        session, attachment = self.session, self.attachment
-        conn = self.conn
-        while not self.closing:
-            waited = False
-            with trio.CancelScope() as self.wait_scope:
-                while not (
-                    len(session.outbox)
-                    or attachment.kicked
-                    or not session.is_current_client(attachment)
-                    or conn.needs_flush()
-                ):
-                    waited = True
-                    # While we sleep, the session writes new frames itself.
-                    attachment.immediate = self if conn.can_write_now else None
-                    try:
-                        await session.outbox_changed.wait()
-                    finally:
-                        attachment.immediate = None
-            self.wait_scope = None
-            if not waited:
-                # Under a flood the outbox is never empty: one scheduler pass
-                # per batch keeps the loop fair (and cancellable) there.
-                await trio.lowlevel.checkpoint()
-            if self.closing:
-                return
-            await session.priority.wait_turn()
-            if conn.needs_flush() and not len(session.outbox) and not attachment.kicked:
-                try:
-                    await conn.flush()
-                except ChannelClosedError as exc:
-                    session.log.info("client connection failed: %s", exc)
-                    return
-                continue
-            # No checkpoint from here until the frames are handed to the
-            # connection: a cancellation cannot strike between the two.
-            frames = session.take_frames(attachment)
-            if not frames:
-                if not attachment.kicked and session.is_current_client(attachment):
-                    continue  # written meanwhile by the session itself
-                session.log.info("client taken over by a newer one")
-                with contextlib.suppress(ChannelClosedError):
-                    await self.conn.send_frames([TAKEOVER_NOTICE])
-                return
-            sent = 0
-            try:
-                while sent < len(frames) and not self.closing:
-                    sent += await self.conn.send_frames(frames[sent:])
-                await self.conn.flush()
-            except ChannelClosedError as exc:
-                session.log.info("client connection failed: %s", exc)
-                session.requeue(frames[sent:])
-                return
-            except BaseException:
-                session.requeue(frames[sent:])
-                raise
-            if sent < len(frames):
-                session.requeue(frames[sent:])
-
-    # ImmediateWriter, while delivery waits (called by the session, synchronously).
-
-    def write_now(self, frames: list[bytes]) -> int:
-        if self.closing:
-            return 0
-        return self.conn.write_now(frames)
-
-    def needs_flush(self) -> bool:
-        return self.conn.needs_flush()
 
     async def receive(self) -> None:
         try:
             await self._receive()
         finally:
             # Let delivery finish the frame it is writing, then stop.
-            self.closing = True
-            if self.wait_scope is not None:
-                self.wait_scope.cancel()
+            self.attachment.stop_delivery()
             assert self.nursery is not None
             scope = self.nursery.cancel_scope
             scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_TIMEOUT)

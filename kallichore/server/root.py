@@ -49,6 +49,7 @@ from kallichore.server.announce import (
 from kallichore.server.idle import IdleWatcher
 from kallichore.server.listener import BoundListener, bind_listener
 from kallichore.server.memory import MemoryTrimmer
+from kallichore.server.priority import RequestPriority
 from kallichore.server.resources import ResourceSampler
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
@@ -89,6 +90,7 @@ class Server:
             and the connection file), so a client can tell a replaced server
             from the one it knew even if the PID was recycled.
         registry: every session.
+        priority: REST requests before output floods (given to the registry).
         idle: the idle-shutdown watcher.
         sampler: the resource-sampling clock.
         trimmer: gives the heap back to the system after output floods.
@@ -100,6 +102,8 @@ class Server:
     config: ServerConfig
     server_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     registry: SessionRegistry = attrs.field(factory=SessionRegistry)
+    #: REST requests before output floods (the sessions' pumps wait on it).
+    priority: RequestPriority = attrs.field(factory=RequestPriority)
     shutdown_requested: trio.Event = attrs.field(factory=trio.Event)
     started_at: float = attrs.field(factory=trio.current_time)
     started_wall: dt.datetime = attrs.field(factory=lambda: dt.datetime.now(dt.UTC))
@@ -118,6 +122,7 @@ class Server:
             channel_socket_dir(self.config), max_message_bytes=self.config.max_message_bytes
         )
         self.registry.client_buffer_bytes = self.config.client_buffer_bytes
+        self.registry.priority = self.priority
         self.registry.kernel_policy = KernelPolicy(
             allow_unsigned_messages=self.config.allow_unsigned_kernel_messages,
             outlive_server=self.config.kernels_outlive_server,
@@ -206,7 +211,7 @@ async def serve(
                             if config.transport is Transport.TCP
                             else None
                         ),
-                        priority=server.registry.priority,
+                        priority=server.priority,
                     )
                 )
                 _announce(config, listener, server, written)
@@ -223,7 +228,7 @@ async def serve(
             remove_connection_file(file)
         if server is not None:
             server.channels.close_all()
-            server.registry.priority.close()
+            server.priority.close()
         listener.close()
 
 

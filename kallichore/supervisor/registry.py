@@ -20,11 +20,12 @@ import attrs
 import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
-from kallichore.server.priority import RequestPriority
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
+from kallichore.supervisor.fanout import ClientFanout
 from kallichore.supervisor.lifeline import Lifeline, open_lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortReservations
+from kallichore.supervisor.pumps import OpenGate, PumpGate
 from kallichore.supervisor.session import KernelSession, SessionSpec
 
 __all__ = ["RegistryStatistics", "SessionRegistry"]
@@ -60,8 +61,9 @@ class SessionRegistry:
     on_activity: Callable[[], None] = lambda: None
     #: Bound on each session's buffer of frames for its client.
     client_buffer_bytes: int = DEFAULT_OUTBOX_LIMIT
-    #: Given to every session: their output pumps wait for REST requests.
-    priority: RequestPriority = attrs.field(factory=RequestPriority)
+    #: Given to every session: their output pumps wait for REST requests
+    #: (the server wires in its request priority; by default nothing waits).
+    priority: PumpGate = attrs.field(factory=OpenGate)
     #: Given to every session: trust of kernel messages, kernel lifetime.
     kernel_policy: KernelPolicy = attrs.field(factory=KernelPolicy)
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
@@ -102,8 +104,8 @@ class SessionRegistry:
             self.ports,
             self._activity,
             files_dir=self._files_dir,
-            outbox=Outbox(self.client_buffer_bytes),
-            priority=self.priority,
+            fanout=ClientFanout(Outbox(self.client_buffer_bytes), self.priority),
+            gate=self.priority,
             policy=self.kernel_policy,
             lifeline=self._lifeline,
         )
@@ -171,7 +173,7 @@ class SessionRegistry:
         One session per scheduler pass: psutil takes milliseconds per
         process tree, and other tasks must not wait for all of them at once.
         Like the output pumps, sampling steps aside while an HTTP request is
-        in flight (:mod:`kallichore.server.priority`).
+        in flight (the server's :class:`~kallichore.supervisor.pumps.PumpGate`).
         """
         for session in list(self._sessions.values()):
             if session.connected:

@@ -291,6 +291,42 @@ class TrioZmqSocket:
         finally:
             self._receiving = False
 
+    def receive_now(self) -> list[bytes] | None:
+        """The next queued message, or ``None`` if there is none; never waits.
+
+        Never checkpoints: a caller that handles the message before its next
+        checkpoint never holds one that another task of the same socket could
+        see out of order. May be called while another task is in
+        :meth:`wait_readable`.
+
+        **Errors:** as :meth:`receive_multipart`.
+        """
+        try:
+            self._check_open()
+            try:
+                frames = _recv_message(self._sock)
+            except zmq.Again:
+                return None
+            self._wake_if_wanted()
+            return frames
+        except _MAPPED_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    async def wait_readable(self) -> None:
+        """Wait until a message is queued (take it with :meth:`receive_now`).
+
+        Always checkpoints. Consumes nothing, so cancelling it loses nothing.
+
+        **Errors:** :class:`TransportClosedError` when the socket is (or gets)
+        closed; :class:`TransportError` for other ZeroMQ errors.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._check_open()
+            await self._wait_for(_POLLIN)
+        except _MAPPED_ERRORS as exc:
+            raise _translate(exc) from exc
+
     def readable_now(self) -> bool:
         """Whether a message is queued, waking this socket's receiver if so.
 

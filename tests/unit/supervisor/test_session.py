@@ -7,7 +7,7 @@ autojump with real processes); each test runs under conftest's
 ``trio.fail_after``.
 
 Frames the session produces for its client are read straight from
-``session.outbox`` (see :class:`Frames`). The ``leftovers`` fixture kills any
+``session.fanout.outbox`` (see :class:`Frames`). The ``leftovers`` fixture kills any
 fake kernel a test leaves behind -- and fails the test, since the session
 should never leave one -- and removes the per-session files in the temp dir.
 """
@@ -30,8 +30,10 @@ import pytest
 import trio
 
 import kallichore
+from kallichore.api.presenters import active_session_json
 from kallichore.errors import SessionStateError, StartupError
 from kallichore.protocol.envelope import client_message, execute_content
+from kallichore.server.priority import RequestPriority
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
@@ -95,7 +97,8 @@ def leftovers() -> Iterator[list[str]]:
 
 @pytest.fixture
 async def registry(nursery: trio.Nursery, leftovers: list[str]) -> SessionRegistry:
-    registry = SessionRegistry()
+    # As the server wires it: the pumps wait for requests in flight.
+    registry = SessionRegistry(priority=RequestPriority())
     await nursery.start(registry.run)
     return registry
 
@@ -154,7 +157,7 @@ class Frames:
 
     def drain(self) -> list[Frame]:
         """Pop what the outbox holds now; returns all frames seen so far."""
-        while (frame := self.session.outbox.pop()) is not None:
+        while (frame := self.session.fanout.outbox.pop()) is not None:
             self.seen.append(orjson.loads(frame))
         return self.seen
 
@@ -162,7 +165,7 @@ class Frames:
         """The first frame (seen before or arriving later) matching ``predicate``."""
         index = 0
         while True:
-            changed = self.session.outbox_changed
+            changed = self.session.fanout.outbox_changed
             self.drain()
             for frame in self.seen[index:]:
                 if predicate(frame):
@@ -233,11 +236,11 @@ async def test_start_returns_kernel_info_and_goes_idle(
     assert info["help_links"] == []
     assert session.kernel_info == info
     assert session.status is SessionStatus.IDLE
-    assert session.to_json()["status"] == "idle"
+    assert active_session_json(session, trio.current_time())["status"] == "idle"
     assert psutil.pid_exists(session.process_id or -1)
 
     await session.shutdown()
-    assert session.to_json()["status"] == "exited"
+    assert active_session_json(session, trio.current_time())["status"] == "exited"
     assert session.exit_code == 0
 
 
@@ -472,7 +475,10 @@ async def test_kernel_exit_after_start_is_reported(
     assert frames.events("exited") == [7]
     assert session.status is SessionStatus.EXITED
     assert session.process_id is None
-    assert session.to_json()["execution_queue"] == {"length": 0, "pending": []}
+    assert active_session_json(session, trio.current_time())["execution_queue"] == {
+        "length": 0,
+        "pending": [],
+    }
 
 
 async def test_a_kernel_dying_while_busy_is_a_warning_naming_the_session(
@@ -528,24 +534,26 @@ async def test_flood_arrives_complete_and_in_order(
     await frames.wait_for(is_idle(msg_id(request)))
     texts = [s["content"]["text"] for s in frames.jupyter("stream")]
     assert texts == [f"{i}\n" for i in range(2000)]
-    assert session.outbox.take_dropped() == 0
+    assert session.fanout.outbox.take_dropped() == 0
 
 
 async def test_an_http_request_in_flight_pauses_a_flood_and_loses_nothing(
     make_session: Callable[..., KernelSession], registry: SessionRegistry
 ) -> None:
-    registry.priority.window = 60.0  # longer than the test: only end() releases
+    priority = registry.priority
+    assert isinstance(priority, RequestPriority)  # wired by the fixture
+    priority.window = 60.0  # longer than the test: only end() releases
     session = make_session()
     frames = Frames(session)
     await session.start()
     request = execute_request("flood 20000")
     await session.send_from_client(request)
     await frames.wait_for(is_jupyter("stream"))
-    registry.priority.begin()
+    priority.begin()
     before = len(frames.drain())
     await trio.sleep(0.3)  # the flood would be thousands of messages further on
     assert len(frames.drain()) == before, "the pump went on while a request was in flight"
-    registry.priority.end()
+    priority.end()
     await frames.wait_for(is_idle(msg_id(request)))
     texts = [s["content"]["text"] for s in frames.jupyter("stream")]
     assert texts == [f"{i}\n" for i in range(20000)]
@@ -667,7 +675,7 @@ async def test_execute_requests_queue_and_run_in_order(
 
     frames.drain()
     assert frames.events("executionQueued") == [msg_id(r) for r in requests[1:]]
-    queue = session.to_json()["execution_queue"]
+    queue = active_session_json(session, trio.current_time())["execution_queue"]
     assert msg_id(queue["active"]) == msg_id(requests[0])
     assert queue["length"] == 2
     assert [msg_id(m) for m in queue["pending"]] == [msg_id(r) for r in requests[1:]]
@@ -685,7 +693,10 @@ async def test_execute_requests_queue_and_run_in_order(
     await frames.wait_for(is_jupyter("execute_reply", parent=msg_id(requests[2])))
     counts = [r["content"]["execution_count"] for r in frames.jupyter("execute_reply")]
     assert counts == [1, 2, 3]
-    assert session.to_json()["execution_queue"] == {"length": 0, "pending": []}
+    assert active_session_json(session, trio.current_time())["execution_queue"] == {
+        "length": 0,
+        "pending": [],
+    }
     assert session.status is SessionStatus.IDLE
 
 
@@ -705,7 +716,10 @@ async def test_interrupt_clears_the_queue_and_reports_dropped_ids(
     frames.drain()
     [dropped] = frames.events("executionsDropped")
     assert dropped["msg_ids"] == [msg_id(r) for r in requests[1:]]
-    assert session.to_json()["execution_queue"] == {"length": 0, "pending": []}
+    assert active_session_json(session, trio.current_time())["execution_queue"] == {
+        "length": 0,
+        "pending": [],
+    }
 
     # The kernel got the interrupt: the sleep ends early with KeyboardInterrupt.
     await frames.wait_for(is_jupyter("interrupt_reply"))
