@@ -100,6 +100,23 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         action="version",
         version=version_line("kcserver"),
     )
+    _add_endpoint_flags(parser)
+    _add_logging_flags(parser)
+    _add_announce_flags(parser)
+    _add_lifetime_flags(parser)
+    _add_transport_flags(parser)
+    _add_limit_flags(parser)
+    _add_kernel_flags(parser)
+    parser.add_argument(
+        "--api-version",
+        default=API_VERSION,
+        help=f"Kallichore version to report in /status (default {API_VERSION})",
+    )
+    return parser
+
+
+def _add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the server listens and who may talk to it."""
     parser.add_argument(
         "-p",
         "--port",
@@ -113,6 +130,10 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         help="file holding the bearer token (read, then deleted), or 'none' to disable "
         "authentication; by default a random token is generated",
     )
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the log goes, how much of it and in which format."""
     parser.add_argument("--log-file", help="also write the log to this file (truncated at start)")
     parser.add_argument(
         "-l",
@@ -125,6 +146,10 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         default="text",
         help="text (default) or json: one JSON object per line, for log shippers",
     )
+
+
+def _add_announce_flags(parser: argparse.ArgumentParser) -> None:
+    """How the server tells its launcher where it listens."""
     parser.add_argument(
         "--connection-file",
         help="write connection details (JSON, mode 0600) to this file once listening; "
@@ -134,6 +159,10 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         "--handshake-socket",
         help="send the connection details once to this client-owned Unix socket",
     )
+
+
+def _add_lifetime_flags(parser: argparse.ArgumentParser) -> None:
+    """When the server exits by itself, and how often it samples resources."""
     parser.add_argument(
         "-i",
         "--idle-shutdown-hours",
@@ -147,6 +176,10 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         default=1000,
         help="milliseconds between resource-usage samples (0 disables; default 1000)",
     )
+
+
+def _add_transport_flags(parser: argparse.ArgumentParser) -> None:
+    """Which transport the server listens on, and where its sockets go."""
     parser.add_argument(
         "--socket-dir",
         help="directory for server-created sockets (default: $XDG_RUNTIME_DIR, else the temp dir)",
@@ -159,6 +192,10 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         help="tcp, socket (Unix) or named-pipe (Windows); default tcp, or socket "
         "when --connection-file or --unix-socket is given",
     )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """Bounds on what clients send and on what is kept for them."""
     parser.add_argument(
         "--max-message-size",
         type=_byte_size,
@@ -175,6 +212,10 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         help="per-session bound on output buffered for an absent or slow client; the "
         f"oldest output is dropped beyond it (default {DEFAULT_CLIENT_BUFFER_BYTES})",
     )
+
+
+def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
+    """How the server treats its kernels."""
     parser.add_argument(
         "--allow-unsigned-kernel-messages",
         action="store_true",
@@ -187,12 +228,6 @@ def build_parser(prog: str = "kcserver") -> argparse.ArgumentParser:
         help="leave kernels running if the server dies without stopping them, so a new "
         "server can adopt them; by default they die with it",
     )
-    parser.add_argument(
-        "--api-version",
-        default=API_VERSION,
-        help=f"Kallichore version to report in /status (default {API_VERSION})",
-    )
-    return parser
 
 
 def _read_token(spec: str | None, *, delete: bool = True) -> tuple[str | None, bool]:

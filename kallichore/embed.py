@@ -58,11 +58,23 @@ import trio
 from kallichore.api.presenters import active_session_json
 from kallichore.protocol.envelope import parse_client_frame
 from kallichore.protocol.execution import ExecutionResult
+from kallichore.session.spec import (
+    DEFAULT_CONNECTION_TIMEOUT,
+    DEFAULT_PROTOCOL_VERSION,
+    EnvTriple,
+    InterruptMode,
+    SessionMode,
+    SessionSpec,
+    StartupEnvironment,
+    validate_restart,
+    validate_session_spec,
+)
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor import execution
+from kallichore.supervisor.launch import find_kernel
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.registry import SessionRegistry
-from kallichore.supervisor.session import ClientAttachment, KernelSession, SessionSpec
+from kallichore.supervisor.session import ClientAttachment, KernelSession
 
 if TYPE_CHECKING:
     from kallichore.server.root import Server
@@ -70,8 +82,12 @@ if TYPE_CHECKING:
 __all__ = [
     "EnvAction",
     "ExecutionResult",
+    "InterruptMode",
     "Session",
     "SessionChannel",
+    "SessionMode",
+    "SessionSpec",
+    "StartupEnvironment",
     "Supervisor",
     "open_supervisor",
 ]
@@ -82,9 +98,6 @@ logger = logging.getLogger(__name__)
 #: with action one of ``"replace"``, ``"append"``, ``"prepend"``.
 EnvAction = tuple[Literal["replace", "append", "prepend"], str, str]
 
-_ENV_ACTIONS = frozenset({"replace", "append", "prepend"})
-#: Default bound on starting a kernel (the REST API's default as well).
-DEFAULT_CONNECTION_TIMEOUT = 30.0  # seconds
 #: Frames taken from the session per wake-up of a channel.
 CHANNEL_BATCH = 256  # frames
 
@@ -278,7 +291,7 @@ class Session:
     async def restart(
         self,
         *,
-        working_directory: str | None = None,
+        working_directory: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | Iterable[EnvAction] | None = None,
     ) -> None:
         """Stop the kernel (bounded ladder) and start it again.
@@ -290,6 +303,9 @@ class Session:
                 means ``replace`` actions).
 
         Errors:
+            kallichore.errors.SessionSpecError: (a ``ValueError``) an unusable
+                environment action or working directory, as the REST API
+                refuses them; nothing was stopped.
             kallichore.errors.StartupError: a restart is already under way,
                 or the new kernel failed to start.
             kallichore.errors.SessionStateError: the kernel is still starting.
@@ -299,7 +315,9 @@ class Session:
             caller that gives up must not leave the session half-restarted.
         """
         actions = _env_actions(env) if env is not None else None
-        await self._session.restart(working_directory, actions or None)
+        directory = os.fspath(working_directory) if working_directory is not None else None
+        validate_restart(directory, actions)
+        await self._session.restart(directory, actions or None)
 
     async def interrupt(self) -> None:
         """Interrupt the kernel (SIGINT or ``interrupt_request``, per ``interrupt_mode``).
@@ -462,15 +480,16 @@ class Supervisor:
         username: str | None = None,
         input_prompt: str = "",
         continuation_prompt: str = "",
-        session_mode: Literal["console", "notebook", "background"] = "console",
+        session_mode: SessionMode | Literal["console", "notebook", "background"] = "console",
         working_directory: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | Iterable[EnvAction] = (),
-        interrupt_mode: Literal["signal", "message"] = "message",
-        startup_environment: Literal["none", "shell", "script", "command"] = "none",
+        interrupt_mode: InterruptMode | Literal["signal", "message"] = "message",
+        startup_environment: StartupEnvironment
+        | Literal["none", "shell", "script", "command"] = "none",
         startup_environment_arg: str | None = None,
         notebook_uri: str | None = None,
         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
-        protocol_version: str = "5.3",
+        protocol_version: str = DEFAULT_PROTOCOL_VERSION,
     ) -> Session:
         """Create a session (not started); the fields of the REST API's ``newSession``.
 
@@ -484,7 +503,8 @@ class Supervisor:
                 by default.
             input_prompt: initial prompts (a kernel may report its own).
             continuation_prompt: see ``input_prompt``.
-            session_mode: ``console``, ``notebook`` or ``background``.
+            session_mode: ``console``, ``notebook`` or ``background`` (a
+                :class:`SessionMode` or its value, as for the other enums).
             working_directory: the kernel's working directory; the current
                 one by default.
             env: changes to the supervisor's environment for the kernel: a
@@ -497,19 +517,21 @@ class Supervisor:
             startup_environment_arg: the script or command, for those modes.
             notebook_uri: informational, for notebook sessions.
             connection_timeout: seconds a start may take before the kernel
-                is killed and the start fails.
+                is killed and the start fails (1 to 86400, as over REST).
             protocol_version: ``"5.5"`` or later uses the JEP 66 registration
                 handshake; older versions get a connection file.
 
         Errors:
+            kallichore.errors.SessionSpecError: (a ``ValueError``) the
+                arguments break a rule the REST API enforces for
+                ``PUT /sessions`` (:mod:`kallichore.session.spec`): a session
+                id that is empty, too long or has ``/``, ``\\`` or control
+                characters; ``argv[0]`` not found on ``PATH`` (code ``KS-19``);
+                NUL characters; an unusable environment variable; a timeout
+                outside 1 to 86400 seconds; an unknown enum value. An empty
+                ``argv`` is refused too (REST allows it only for adopting).
             kallichore.errors.SessionStateError: the id is taken.
-            ValueError: an invalid argument (empty ``argv``, unknown
-                environment action, non-positive timeout).
         """
-        if not argv:
-            raise ValueError("argv must not be empty")
-        if connection_timeout <= 0:
-            raise ValueError("connection_timeout must be positive")
         sid = session_id if session_id is not None else f"session-{uuid.uuid4().hex[:12]}"
         spec = SessionSpec(
             session_id=sid,
@@ -531,6 +553,7 @@ class Supervisor:
             connection_timeout=float(connection_timeout),
             protocol_version=protocol_version,
         )
+        validate_session_spec(spec, locate_kernel=find_kernel, allow_empty_argv=False)
         return Session(self._registry.create(spec))
 
     async def shutdown_all(self) -> None:
@@ -586,18 +609,14 @@ async def open_supervisor(
             nursery.cancel_scope.cancel(reason="supervisor closed")
 
 
-def _env_actions(env: Mapping[str, str] | Iterable[EnvAction]) -> tuple[tuple[str, str, str], ...]:
-    """Normalise a mapping or action triples into the session's action tuple."""
+def _env_actions(env: Mapping[str, str] | Iterable[EnvAction]) -> tuple[EnvTriple, ...]:
+    """Normalise a mapping or action triples into the session's action tuple.
+
+    Checking them is :mod:`kallichore.session.spec`'s job.
+    """
     if isinstance(env, Mapping):
-        items: list[tuple[str, str, str]] = [("replace", str(k), str(v)) for k, v in env.items()]
-    else:
-        items = [(str(a), str(n), str(v)) for a, n, v in env]
-    for action, name, value in items:
-        if action not in _ENV_ACTIONS:
-            raise ValueError(f"unknown environment action {action!r} for {name!r}")
-        if not name or "=" in name or "\x00" in name or "\x00" in value:
-            raise ValueError(f"invalid environment variable {name!r}")
-    return tuple(items)
+        return tuple(("replace", str(k), str(v)) for k, v in env.items())
+    return tuple((str(a), str(n), str(v)) for a, n, v in env)
 
 
 def _current_user() -> str:

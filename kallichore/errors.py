@@ -28,6 +28,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "SessionNotFoundError",
+    "SessionSpecError",
     "SessionStateError",
     "StartupError",
 ]
@@ -118,6 +119,15 @@ class BadRequestError(KallichoreError):
         code: ErrorCode = ErrorCode.BAD_REQUEST,
     ) -> None:
         super().__init__(code, message, details)
+
+
+class SessionSpecError(BadRequestError, ValueError):
+    """A new session (or a restart's settings) breaks a rule of ``kallichore.session.spec``.
+
+    HTTP 400 (``KS-19`` for an unknown kernel binary). It is a
+    :class:`ValueError` as well: to a caller in process
+    (:mod:`kallichore.embed`) it is an invalid argument.
+    """
 
 
 class AuthenticationError(KallichoreError):

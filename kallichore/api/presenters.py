@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kallichore.session.execution_queue import ExecutionQueue
+from kallichore.session.spec import InterruptMode, SessionMode
 from kallichore.session.state import StatusTracker
 
 __all__ = ["SessionView", "active_session_json"]
@@ -29,9 +30,9 @@ class SpecView(Protocol):
     @property
     def language(self) -> str: ...
     @property
-    def interrupt_mode(self) -> str: ...
+    def interrupt_mode(self) -> InterruptMode: ...
     @property
-    def session_mode(self) -> str: ...
+    def session_mode(self) -> SessionMode: ...
     @property
     def notebook_uri(self) -> str | None: ...
 
@@ -87,11 +88,11 @@ def active_session_json(session: SessionView, now: float) -> dict[str, Any]:
         username=spec.username,
         display_name=spec.display_name,
         language=spec.language,
-        interrupt_mode=spec.interrupt_mode,
+        interrupt_mode=spec.interrupt_mode.value,
         initial_env=session.initial_env,
         connected=session.connected,
         started=_format_time(session.created),
-        session_mode=spec.session_mode,
+        session_mode=spec.session_mode.value,
         working_directory=session.working_directory,
     )
     if spec.notebook_uri is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import logging
-import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -26,7 +25,7 @@ from kallichore.config import (
     MIN_SAMPLE_INTERVAL_MS,
     idle_shutdown_period,
 )
-from kallichore.errors import BadRequestError, ErrorCode
+from kallichore.errors import BadRequestError
 from kallichore.protocol.converter import format_timestamp, parse_body, unstructure
 from kallichore.protocol.models import (
     ClientHeartbeat,
@@ -39,8 +38,15 @@ from kallichore.protocol.models import (
     StartupEnvironment,
     VarAction,
 )
-from kallichore.supervisor.launch import find_on_path
-from kallichore.supervisor.session import SessionSpec
+from kallichore.session.spec import (
+    DEFAULT_CONNECTION_TIMEOUT,
+    DEFAULT_PROTOCOL_VERSION,
+    EnvTriple,
+    SessionSpec,
+    validate_restart,
+    validate_session_spec,
+)
+from kallichore.supervisor.launch import find_kernel
 from kallichore.wire import connection_file as wire_connection
 
 if TYPE_CHECKING:
@@ -52,12 +58,6 @@ logger = logging.getLogger(__name__)
 
 #: Largest process id a heartbeat may name (pid_t is a signed 32-bit int).
 MAX_PID = 2**31 - 1
-#: Bounds on a session's ``connection_timeout``.
-MAX_CONNECTION_TIMEOUT = 24 * 3600  # seconds
-DEFAULT_CONNECTION_TIMEOUT = 30  # seconds
-DEFAULT_PROTOCOL_VERSION = "5.3"
-#: Longest session id (``maxLength`` of ``newSession.session_id``).
-MAX_SESSION_ID_CHARS = 200  # characters
 
 
 @functools.cache
@@ -70,65 +70,26 @@ def openapi_document() -> bytes:
     return importlib.resources.files("kallichore.api").joinpath("kallichore.json").read_bytes()
 
 
-def _env_actions(actions: list[VarAction] | None) -> tuple[tuple[str, str, str], ...]:
+def _env_actions(actions: list[VarAction] | None) -> tuple[EnvTriple, ...]:
     return tuple((a.action.value, a.name, a.value) for a in actions or ())
 
 
-def _check_text(field: str, value: str | None) -> None:
-    if value is not None and "\x00" in value:
-        raise BadRequestError(f"{field} must not contain NUL characters")
-
-
-def check_env_actions(field: str, actions: list[VarAction] | None) -> None:
-    """Reject environment actions no process environment can hold."""
-    for index, action in enumerate(actions or ()):
-        name = action.name
-        if not name or "=" in name or "\x00" in name:
-            raise BadRequestError(
-                f"{field}[{index}].name must be a non-empty name without '=' or NUL characters"
-            )
-        _check_text(f"{field}[{index}].value", action.value)
-
-
-def check_session_id(session_id: str) -> None:
-    """A session id must be usable in a URL path segment and a file name."""
-    if not session_id:
-        raise BadRequestError("session_id must not be empty")
-    if len(session_id) > MAX_SESSION_ID_CHARS:
-        raise BadRequestError(f"session_id is longer than {MAX_SESSION_ID_CHARS} characters")
-    if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in session_id):
-        raise BadRequestError("session_id must not contain '/', '\\' or control characters")
-
-
 def session_spec(body: NewSession) -> SessionSpec:
-    """Validate a ``newSession`` body (after parsing) and build the spec.
+    """Build the spec of a ``newSession`` body (after parsing) and validate it.
+
+    Defaults as Kallichore's: ``connection_timeout`` 30 seconds, protocol
+    5.3, and ``startup_environment`` from the older ``run_in_shell`` flag.
 
     Raises:
-        BadRequestError: KS-19 when ``argv[0]`` is not found on the server's
-            PATH; 400 for a bad session id, ``connection_timeout``, NUL
-            characters or unusable environment variable names.
+        SessionSpecError: KS-19 when ``argv[0]`` is not found on the server's
+            PATH; 400 for every other rule of :mod:`kallichore.session.spec`.
+            An empty ``argv`` is accepted: such a session can only be adopted.
     """
-    check_session_id(body.session_id)
-    for index, arg in enumerate(body.argv):
-        _check_text(f"argv[{index}]", arg)
-    check_env_actions("env", body.env)
-    _check_text("working_directory", body.working_directory)
-    _check_text("startup_environment_arg", body.startup_environment_arg)
-    if body.argv and find_on_path(body.argv[0], os.environ.get("PATH", "")) is None:
-        raise BadRequestError(
-            f"Kernel path not found: {body.argv[0]}", code=ErrorCode.KERNEL_PATH_NOT_FOUND
-        )
     timeout = body.connection_timeout
-    if timeout is None:
-        timeout = DEFAULT_CONNECTION_TIMEOUT
-    elif not 1 <= timeout <= MAX_CONNECTION_TIMEOUT:
-        raise BadRequestError(
-            f"connection_timeout must be between 1 and {MAX_CONNECTION_TIMEOUT} seconds"
-        )
     startup = body.startup_environment
     if startup is None:
         startup = StartupEnvironment.SHELL if body.run_in_shell else StartupEnvironment.NONE
-    return SessionSpec(
+    spec = SessionSpec(
         session_id=body.session_id,
         argv=tuple(body.argv),
         display_name=body.display_name,
@@ -136,16 +97,18 @@ def session_spec(body: NewSession) -> SessionSpec:
         username=body.username,
         input_prompt=body.input_prompt,
         continuation_prompt=body.continuation_prompt,
-        session_mode=body.session_mode.value,
+        session_mode=body.session_mode,
         working_directory=body.working_directory,
         env=_env_actions(body.env),
-        interrupt_mode=body.interrupt_mode.value,
-        startup_environment=startup.value,
+        interrupt_mode=body.interrupt_mode,
+        startup_environment=startup,
         startup_environment_arg=body.startup_environment_arg,
         notebook_uri=body.notebook_uri,
-        connection_timeout=float(timeout),
+        connection_timeout=DEFAULT_CONNECTION_TIMEOUT if timeout is None else float(timeout),
         protocol_version=body.protocol_version or DEFAULT_PROTOCOL_VERSION,
     )
+    validate_session_spec(spec, locate_kernel=find_kernel, allow_empty_argv=True)
+    return spec
 
 
 def build_server_status(server: Server) -> ServerStatus:
@@ -286,9 +249,9 @@ def register_routes(app: Quart, server: Server) -> None:
         body = RestartSession()
         if data.strip() and data.strip() != b"null":
             body = parse_body(data, RestartSession, name="RestartSession")
-            check_env_actions("env", body.env)
-            _check_text("working_directory", body.working_directory)
-        await session.restart(body.working_directory or None, _env_actions(body.env) or None)
+        env = _env_actions(body.env)
+        validate_restart(body.working_directory, env)
+        await session.restart(body.working_directory or None, env or None)
         return null_response()
 
     @app.post("/sessions/<session_id>/kill")

@@ -13,8 +13,8 @@ See ``docs/client.md``.
 from __future__ import annotations
 
 from kallichore.client._channel import Channel as Channel
-from kallichore.client._channel import Comm as Comm
 from kallichore.client._channel import open_channel as open_channel
+from kallichore.client._comm import Comm as Comm
 from kallichore.client._errors import ChannelClosedError as ChannelClosedError
 from kallichore.client._errors import ExecutionDroppedError as ExecutionDroppedError
 from kallichore.client._errors import KallichoreClientError as KallichoreClientError

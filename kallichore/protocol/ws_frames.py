@@ -189,25 +189,7 @@ class FrameReader:
                 if length >> 63:
                     raise FrameError(PROTOCOL_ERROR, "64-bit frame length with its top bit set")
                 head = 14
-            if opcode >= OP_CLOSE:
-                if opcode > OP_PONG:
-                    raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-                if not finished:
-                    raise FrameError(PROTOCOL_ERROR, "fragmented control frame")
-                if length > MAX_CONTROL_PAYLOAD:
-                    raise FrameError(PROTOCOL_ERROR, "control frame longer than 125 bytes")
-            elif opcode > OP_BINARY:
-                raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-            elif opcode == OP_CONTINUATION:
-                if self._message_opcode is None:
-                    raise FrameError(PROTOCOL_ERROR, "continuation frame with no message started")
-            elif self._message_opcode is not None:
-                raise FrameError(PROTOCOL_ERROR, "new message before the last one finished")
-            if opcode < OP_CLOSE and self._size + length > self._max_message_bytes:
-                raise FrameError(
-                    MESSAGE_TOO_BIG,
-                    f"message larger than {self._max_message_bytes} bytes",
-                )
+            self._check_frame(opcode, finished, length)
             if available < head + length:
                 return None
             payload = _unmask(
@@ -222,6 +204,32 @@ class FrameReader:
             self._size += length
             if finished:
                 return self._finish_message()
+
+    def _check_frame(self, opcode: int, finished: bool, length: int) -> None:
+        """Refuse a frame header that breaks the protocol or the size bound.
+
+        Raises:
+            FrameError: see the module docstring for each check and its code.
+        """
+        if opcode >= OP_CLOSE:
+            if opcode > OP_PONG:
+                raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            if not finished:
+                raise FrameError(PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise FrameError(PROTOCOL_ERROR, "control frame longer than 125 bytes")
+        elif opcode > OP_BINARY:
+            raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        elif opcode == OP_CONTINUATION:
+            if self._message_opcode is None:
+                raise FrameError(PROTOCOL_ERROR, "continuation frame with no message started")
+        elif self._message_opcode is not None:
+            raise FrameError(PROTOCOL_ERROR, "new message before the last one finished")
+        if opcode < OP_CLOSE and self._size + length > self._max_message_bytes:
+            raise FrameError(
+                MESSAGE_TOO_BIG,
+                f"message larger than {self._max_message_bytes} bytes",
+            )
 
     def _finish_message(self) -> Message:
         opcode = self._message_opcode

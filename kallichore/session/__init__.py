@@ -1,1 +1,1 @@
-"""session: pure session state (status machine, execution queue)."""
+"""session: pure session state (status machine, execution queue, outbox, spec and its validator)."""

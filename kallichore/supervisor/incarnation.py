@@ -288,7 +288,7 @@ class Incarnation:
             host.connection_info = info
         plan = launch.build_command(
             launch.substitute_connection_file(spec.argv, path),
-            startup_environment=spec.startup_environment,
+            startup_environment=spec.startup_environment.value,
             startup_arg=spec.startup_environment_arg,
             working_directory=cwd,
             server_shell=os.environ.get("SHELL"),

@@ -29,6 +29,7 @@ import orjson
 import trio
 
 from kallichore.errors import RemoteProtocolError, SessionStateError
+from kallichore.session.spec import StartupEnvironment
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
@@ -77,7 +78,7 @@ class LaunchSpec(Protocol):
     @property
     def username(self) -> str: ...
     @property
-    def startup_environment(self) -> str: ...
+    def startup_environment(self) -> StartupEnvironment: ...
     @property
     def startup_environment_arg(self) -> str | None: ...
     @property

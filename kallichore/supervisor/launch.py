@@ -53,6 +53,7 @@ __all__ = [
     "choose_shell",
     "choose_working_directory",
     "clean_startup_output",
+    "find_kernel",
     "find_on_path",
     "resolve_directory",
     "resolve_environment",
@@ -188,6 +189,11 @@ def find_on_path(argv0: str, path_env: str) -> str | None:
     return None
 
 
+def find_kernel(argv0: str) -> str | None:
+    """:func:`find_on_path` against this process's ``PATH`` (a session spec's kernel lookup)."""
+    return find_on_path(argv0, os.environ.get("PATH", ""))
+
+
 def choose_shell(server_shell: str | None) -> str | None:
     """The shell that wraps kernels: the server's ``$SHELL`` if that path exists,
     else the first existing entry of :data:`FALLBACK_SHELLS`, else ``None``."""
@@ -290,15 +296,31 @@ def build_command(
     if startup_environment not in STARTUP_MODES:
         raise ValueError(f"unknown startup_environment {startup_environment!r}")
     arg = startup_arg or None
-    direct = LaunchPlan(argv=tuple(argv), shell=None, startup_arg=None, mode="none")
+    shell = _wrapping_shell(startup_environment, arg, server_shell)
+    if shell is None:
+        return LaunchPlan(argv=tuple(argv), shell=None, startup_arg=None, mode="none")
+    kernel = _kernel_exec_line(argv, env)
+    mode, script_text, used_arg = _shell_script(
+        startup_environment, arg, kernel, shell=shell, working_directory=working_directory
+    )
+    flag = shell_login_flag(shell, interactive=arg is not None)
+    return LaunchPlan(
+        argv=(shell, flag, "-c", script_text), shell=shell, startup_arg=used_arg, mode=mode
+    )
 
+
+def _wrapping_shell(
+    startup_environment: str, arg: str | None, server_shell: str | None
+) -> str | None:
+    """The shell to start the kernel through, or ``None`` to start it directly
+    (``none`` mode, Windows, or no usable shell; each but the first logged)."""
     if startup_environment == "none":
         if arg is not None:
             logger.warning("startup_environment_arg %r ignored in 'none' mode", arg)
-        return direct
+        return None
     if _platform() == "win32":
         logger.warning("startup_environment %r is not supported on Windows", startup_environment)
-        return direct
+        return None
     shell = choose_shell(server_shell)
     if shell is None:
         logger.warning(
@@ -306,13 +328,32 @@ def build_command(
             server_shell,
             ", ".join(FALLBACK_SHELLS),
         )
-        return direct
+    return shell
 
+
+def _kernel_exec_line(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """``exec <kernel>`` for a shell, re-exporting ``DYLD_LIBRARY_PATH`` on macOS
+    (SIP strips it from the environment of system shells)."""
     kernel = "exec " + shlex.join(argv)
     dyld = env.get("DYLD_LIBRARY_PATH")
     if _platform() == "darwin" and dyld is not None:
         kernel = f"DYLD_LIBRARY_PATH={shlex.quote(dyld)} {kernel}"
+    return kernel
 
+
+def _shell_script(
+    startup_environment: str,
+    arg: str | None,
+    kernel: str,
+    *,
+    shell: str,
+    working_directory: str,
+) -> tuple[str, str, str | None]:
+    """What the shell runs with ``-c``: ``(mode used, script, startup_arg used)``.
+
+    Raises:
+        StartupError: ``script`` mode and the script is missing or not a file.
+    """
     mode = startup_environment
     if mode in ("command", "script") and arg is None:
         logger.warning("startup_environment %r without an argument; using a plain shell", mode)
@@ -320,26 +361,19 @@ def build_command(
     if mode == "shell":
         if arg is not None:
             logger.warning("startup_environment_arg %r only makes the shell interactive", arg)
-        script_text = kernel
-        used_arg = None
+        return mode, kernel, None
+    assert arg is not None
+    if mode == "command":
+        step = arg
     else:
-        assert arg is not None
-        if mode == "command":
-            step = arg
-        else:
-            path = _resolve_script(arg, working_directory)
-            dot = "source" if os.path.basename(shell) in _CSH_SHELLS else "."
-            step = f"{dot} {shlex.quote(path)}"
-        script_text = (
-            f"echo '{STARTUP_BEGIN_MARKER}' && {{ {step}; }} && "
-            f"echo '{STARTUP_SUCCESS_MARKER}' && {kernel}"
-        )
-        used_arg = arg
-
-    flag = shell_login_flag(shell, interactive=arg is not None)
-    return LaunchPlan(
-        argv=(shell, flag, "-c", script_text), shell=shell, startup_arg=used_arg, mode=mode
+        path = _resolve_script(arg, working_directory)
+        dot = "source" if os.path.basename(shell) in _CSH_SHELLS else "."
+        step = f"{dot} {shlex.quote(path)}"
+    script_text = (
+        f"echo '{STARTUP_BEGIN_MARKER}' && {{ {step}; }} && "
+        f"echo '{STARTUP_SUCCESS_MARKER}' && {kernel}"
     )
+    return mode, script_text, arg
 
 
 def startup_context_prefix(mode: str, shell: str | None, startup_arg: str | None) -> str:

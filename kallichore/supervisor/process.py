@@ -70,6 +70,8 @@ OUTPUT_DRAIN_GRACE = 1.0  # seconds the pump gets to reach EOF once the group is
 #: Signature of the callback :meth:`KernelProcess.pump_output` feeds:
 #: ``emit(stream_name, line)`` with stream_name ``"stdout"`` or ``"stderr"``.
 EmitLine = Callable[[str, str], None]
+#: Where :func:`terminate_process_group` logs: plain, or naming the session.
+_Log = logging.Logger | SessionLog
 
 
 def describe_status(code: int) -> str:
@@ -472,68 +474,98 @@ async def terminate_process_group(
     **Errors:** none of its own; exceptions from ``polite`` are logged, not
     raised.
     """
-    log: logging.Logger | SessionLog = (
-        logger if session_id is None else SessionLog(logger, session_id)
-    )
+    log: _Log = logger if session_id is None else SessionLog(logger, session_id)
     with trio.CancelScope(shield=True):
         proc.note_escapees()
         if polite is not None and proc.returncode is None:
-            with trio.move_on_after(max(polite_grace, 0.0)) as polite_scope:
-                try:
-                    await polite()
-                except Exception:
-                    log.warning(
-                        "kernel process %d: polite shutdown request failed; sending SIGTERM",
-                        proc.pid,
-                        exc_info=True,
-                    )
-                else:
-                    await proc.wait()
-            if polite_scope.cancelled_caught:
-                log.info(
-                    "kernel process %d did not exit %.1f s after a shutdown request",
-                    proc.pid,
-                    polite_grace,
-                )
-
+            await _ask_to_exit(proc, polite, polite_grace, log)
         if proc.returncode is None:
-            proc.note_escapees()
-            proc.signal_group(signal.SIGTERM)
-            with trio.move_on_after(max(term_grace, 0.0)):
-                await proc.wait()
-
-        if proc.returncode is None:
-            log.warning(
-                "kernel process %d ignored SIGTERM for %.1f s; sending SIGKILL",
-                proc.pid,
-                term_grace,
-            )
-            proc.kill_group()
-            with trio.move_on_after(KILL_WARN_AFTER):
-                await proc.wait()
-            if proc.returncode is None:
-                log.warning(
-                    "kernel process %d still running %.1f s after SIGKILL; waiting",
-                    proc.pid,
-                    KILL_WARN_AFTER,
-                )
-
-        code = await proc.wait()
-        escapees = proc.kill_escapees()
-        if escapees:
-            log.info(
-                "kernel process %d: killed %d descendants that had left its process group",
-                proc.pid,
-                escapees,
-            )
-        # The leader is reaped; sweep the children it left in its group.
-        if proc.kill_group():
-            log.info("kernel process %d: killed processes left in its group", proc.pid)
-        proc.forget_group()
-
-        if proc.output_pump_started:
-            with trio.move_on_after(OUTPUT_DRAIN_GRACE):
-                await proc.wait_output_closed()
-        await proc.aclose_pipes()
+            await _terminate_then_kill(proc, term_grace, log)
+        code = await _reap_and_sweep(proc, log)
     log.debug("kernel process %d terminated (%s)", proc.pid, _describe_exit(code))
+    return code
+
+
+async def _ask_to_exit(
+    proc: KernelProcess, polite: Callable[[], Awaitable[None]], grace: float, log: _Log
+) -> None:
+    """Step 1 of :func:`terminate_process_group`: ``polite()``, then wait for
+    the exit, both within ``grace`` seconds; a failing ``polite`` is logged.
+
+    **Cancellation:** bounded by ``grace``; runs under the caller's shield.
+    """
+    with trio.move_on_after(max(grace, 0.0)) as polite_scope:
+        try:
+            await polite()
+        except Exception:
+            log.warning(
+                "kernel process %d: polite shutdown request failed; sending SIGTERM",
+                proc.pid,
+                exc_info=True,
+            )
+        else:
+            await proc.wait()
+    if polite_scope.cancelled_caught:
+        log.info(
+            "kernel process %d did not exit %.1f s after a shutdown request",
+            proc.pid,
+            grace,
+        )
+
+
+async def _terminate_then_kill(proc: KernelProcess, term_grace: float, log: _Log) -> None:
+    """Steps 2 and 3 of :func:`terminate_process_group`: SIGTERM to the group
+    and wait up to ``term_grace`` seconds, then SIGKILL and wait for the exit.
+
+    **Cancellation:** the wait after SIGKILL is unbounded (a warning is
+    logged after :data:`KILL_WARN_AFTER`); runs under the caller's shield.
+    """
+    proc.note_escapees()
+    proc.signal_group(signal.SIGTERM)
+    with trio.move_on_after(max(term_grace, 0.0)):
+        await proc.wait()
+    if proc.returncode is not None:
+        return
+    log.warning(
+        "kernel process %d ignored SIGTERM for %.1f s; sending SIGKILL",
+        proc.pid,
+        term_grace,
+    )
+    proc.kill_group()
+    with trio.move_on_after(KILL_WARN_AFTER):
+        await proc.wait()
+    if proc.returncode is None:
+        log.warning(
+            "kernel process %d still running %.1f s after SIGKILL; waiting",
+            proc.pid,
+            KILL_WARN_AFTER,
+        )
+
+
+async def _reap_and_sweep(proc: KernelProcess, log: _Log) -> int:
+    """With the kernel told to stop: reap it, kill what it left behind (in
+    its group and escaped from it), drain its output, close its pipes.
+
+    Returns:
+        The kernel's exit code.
+
+    **Cancellation:** waits for the exit unbounded, the output drain up to
+    :data:`OUTPUT_DRAIN_GRACE`; runs under the caller's shield.
+    """
+    code = await proc.wait()
+    escapees = proc.kill_escapees()
+    if escapees:
+        log.info(
+            "kernel process %d: killed %d descendants that had left its process group",
+            proc.pid,
+            escapees,
+        )
+    # The leader is reaped; sweep the children it left in its group.
+    if proc.kill_group():
+        log.info("kernel process %d: killed processes left in its group", proc.pid)
+    proc.forget_group()
+    if proc.output_pump_started:
+        with trio.move_on_after(OUTPUT_DRAIN_GRACE):
+            await proc.wait_output_closed()
+    await proc.aclose_pipes()
     return code

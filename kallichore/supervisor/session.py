@@ -50,6 +50,7 @@ from kallichore.errors import (
 from kallichore.logs import SessionLog
 from kallichore.protocol.envelope import EnvelopeEncoder
 from kallichore.session.execution_queue import ExecutionQueue
+from kallichore.session.spec import InterruptMode, SessionSpec
 from kallichore.session.state import (
     Lifecycle,
     LifecycleEvent,
@@ -95,28 +96,6 @@ logger = logging.getLogger(__name__)
 KILL_WAIT = 5.0  # seconds
 #: Starts of a kernel that lost a race for one of its ports (first included).
 PORT_CONFLICT_ATTEMPTS = 3  # attempts
-
-
-@attrs.frozen(kw_only=True)
-class SessionSpec:
-    """What a client asked for in ``PUT /sessions`` (the ``newSession`` model)."""
-
-    session_id: str
-    argv: tuple[str, ...]
-    display_name: str
-    language: str
-    username: str
-    input_prompt: str
-    continuation_prompt: str
-    session_mode: str
-    working_directory: str
-    env: tuple[tuple[str, str, str], ...]
-    interrupt_mode: str
-    startup_environment: str = "none"
-    startup_environment_arg: str | None = None
-    notebook_uri: str | None = None
-    connection_timeout: float = 30.0
-    protocol_version: str = "5.3"
 
 
 def _utc_now() -> dt.datetime:
@@ -579,7 +558,7 @@ class KernelSession:
         if inc is None or not self.execution_queue.is_active(msg_id):
             return
         self.log.info("interrupting the kernel: its execution %s was cancelled", msg_id)
-        if self.spec.interrupt_mode == "signal":
+        if self.spec.interrupt_mode is InterruptMode.SIGNAL:
             if inc.process is not None and inc.process.returncode is None:
                 inc.process.interrupt()
             return
@@ -597,7 +576,7 @@ class KernelSession:
         no kernel to interrupt.
         """
         inc = self._current
-        if self.spec.interrupt_mode == "signal":
+        if self.spec.interrupt_mode is InterruptMode.SIGNAL:
             if inc is None or inc.process is None or inc.process.returncode is not None:
                 raise SessionStateError(
                     ErrorCode.SESSION_INTERRUPT_FAILED,

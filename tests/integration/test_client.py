@@ -324,7 +324,7 @@ async def test_reconnect_after_a_dropped_socket_loses_nothing(
             nonlocal dropped
             if not dropped and "99\n" in str(msg.content.get("text", "")):
                 # Kill the connection under the client, as a network failure would.
-                stream = channel._stream
+                stream = channel._websocket._stream
                 assert isinstance(stream, trio.SocketStream)
                 stream.socket.shutdown(socket.SHUT_RDWR)
                 dropped = True

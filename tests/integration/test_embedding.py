@@ -26,7 +26,7 @@ import trio
 import kallichore
 from kallichore.config import ServerConfig, Transport
 from kallichore.embed import Session, SessionChannel, Supervisor, open_supervisor
-from kallichore.errors import SessionNotFoundError, SessionStateError
+from kallichore.errors import SessionNotFoundError, SessionSpecError, SessionStateError
 from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.server import Server, ServerAddress, serve
 from kallichore.session.state import SessionStatus
@@ -269,6 +269,16 @@ async def test_channel_takeover_and_requeue(
     assert lines == [f"{n}\n" for n in range(5)]
     ids = [f["header"]["msg_id"] for f in frames if f["kind"] == "jupyter"]
     assert len(ids) == len(set(ids)), "a frame was delivered twice"
+
+
+async def test_the_supervisor_fixture_refuses_what_rest_refuses(
+    kallichore_supervisor: Supervisor, fake_kernel_argv: ArgvFactory
+) -> None:
+    """The fixture's supervisor validates like ``PUT /sessions`` (kallichore/session/spec.py)."""
+    for bad in ("../x", ""):
+        with pytest.raises(SessionSpecError, match="session_id must not"):
+            kallichore_supervisor.create_session(argv=fake_kernel_argv(), session_id=bad)
+    assert kallichore_supervisor.sessions == []
 
 
 async def test_leaving_open_supervisor_stops_every_kernel(fake_kernel_argv: ArgvFactory) -> None:

@@ -123,8 +123,9 @@ async def test_openapi_json_is_served_without_a_token() -> None:
 
 def test_declared_limits_are_the_ones_the_server_enforces() -> None:
     """Every bound in the document is the constant the validation code uses."""
-    from kallichore.api.routes import MAX_CONNECTION_TIMEOUT, MAX_PID, MAX_SESSION_ID_CHARS
+    from kallichore.api.routes import MAX_PID
     from kallichore.config import MAX_IDLE_SHUTDOWN_HOURS, MAX_SAMPLE_INTERVAL_MS
+    from kallichore.session.spec import MAX_CONNECTION_TIMEOUT, MAX_SESSION_ID_CHARS
     from kallichore.wire.connection_file import MAX_PORT, MIN_PORT
 
     schemas = SPEC["components"]["schemas"]
