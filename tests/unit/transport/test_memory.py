@@ -1,6 +1,6 @@
 """kallichore.transport.memory: the in-memory sockets keep the seam's contract.
 
-The same promises tests/unit/test_transport_zmq.py checks of ZeroMQ (order,
+The same promises tests/unit/transport/test_zmq.py checks of ZeroMQ (order,
 whole messages, cancellation, close, exclusive receive, heartbeat
 correlation), plus the ZeroMQ behaviours a session depends on (connecting
 before the kernel binds, slow joiners, high-water marks, disconnection).

@@ -716,3 +716,44 @@ async def test_wait_stdin_connected_proves_the_kernel_can_reach_us_on_stdin() ->
         reserved.close()
         for sock in kernel.values():
             sock.close(linger=0)
+
+
+# -- taking messages without holding them across a checkpoint -----------------
+
+
+async def test_receive_now_takes_what_is_queued_while_another_task_waits(
+    make_socket: SocketFactory, nursery: trio.Nursery
+) -> None:
+    """A reader parked in wait_readable() and a task draining with receive_now()
+    share one socket: every message is taken once, in order, and the reader
+    wakes for the next one."""
+    push, pull = connected_pair(make_socket, zmq.PULL, zmq.PUSH)[::-1]
+    assert pull.receive_now() is None
+    woken = trio.Event()
+
+    async def reader() -> None:
+        await pull.wait_readable()
+        woken.set()
+
+    nursery.start_soon(reader)
+    await trio.testing.wait_all_tasks_blocked()
+    push.raw.send_multipart([b"one"])
+    push.raw.send_multipart([b"two"])
+    with trio.fail_after(5):
+        await woken.wait()
+    taken = []
+    while (frames := pull.receive_now()) is not None:
+        taken.append(frames)
+    while len(taken) < 2:  # the second may still be on its way through ZeroMQ
+        with trio.fail_after(5):
+            await pull.wait_readable()
+        frames = pull.receive_now()
+        if frames is not None:
+            taken.append(frames)
+    assert taken == [[b"one"], [b"two"]]
+    assert pull.receive_now() is None
+    pull.close()
+    with pytest.raises(TransportClosedError):
+        pull.receive_now()
+    with pytest.raises(TransportClosedError):
+        await pull.wait_readable()
