@@ -175,16 +175,12 @@ def size_zmq_context() -> None:
 
     ZeroMQ caps a context at 1023 sockets by default, and reports the cap as
     ``EMFILE`` too. Takes effect only before the context's first socket, so
-    call it at start, after :func:`raise_soft_limit`.
+    call it at start, after :func:`raise_soft_limit`. (ZeroMQ itself is
+    touched only in :func:`kallichore.transport.zmq.size_zmq_context`.)
     """
-    import zmq
+    from kallichore.transport.zmq import size_zmq_context as size_context
 
-    soft = current_limits().soft
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    limit = ctx.get(zmq.SOCKET_LIMIT)
-    wanted = limit if soft is None else min(soft, limit)
-    if wanted > ctx.get(zmq.MAX_SOCKETS):
-        ctx.set(zmq.MAX_SOCKETS, wanted)
+    size_context(current_limits().soft)
 
 
 class _AcceptErrorThrottle(logging.Filter):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+
+from tests.support.server_process import short_tempdir
 
 DEFAULT_TIME_LIMIT = 30.0  # seconds
 #: Under ``autojump_clock`` the budget is virtual time, which jumps; tests that
@@ -62,6 +65,13 @@ def _async_fixtures_not_asked_for(item: pytest.Function) -> list[str]:
             for d in defs.get(name, ())[-1:]
         )
     ]
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A fresh directory short enough for Unix socket paths."""
+    with short_tempdir() as path:
+        yield path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -253,6 +253,8 @@ class ChannelSockets:
             self.close_all()
 
     async def _accept_loop(self, listener: _SessionListener) -> None:
+        if listener.closed:  # closed (kill, delete) before this task first ran
+            return
         sock = trio.socket.from_stdlib_socket(listener.sock)
         with listener.scope:
             trio_listener = trio.SocketListener(sock)

@@ -32,8 +32,9 @@ SIGKILL, then a sweep of the process group) runs shielded. Every path ends in
 :meth:`SessionHost.incarnation_ended` (status ``exited``, the ``exited``
 event), after the run's sockets are closed and its ports and files released.
 
-The kernel's sockets come from one place, :func:`open_sockets` (a transport
-can be swapped in there). Everything the run does to its session goes
+The kernel's process and sockets come from the session's
+:class:`~kallichore.supervisor.backend.KernelBackend` (real processes over
+ZeroMQ by default; fake kernels in memory in the unit tests). Everything the run does to its session goes
 through the small :class:`SessionHost` interface.
 
 An incarnation never raises into the registry's nursery after ``started()``:
@@ -52,11 +53,11 @@ from typing import Any, Protocol
 import attrs
 import orjson
 import trio
-import zmq
 
 from kallichore.errors import ErrorCode, KallichoreError, RemoteProtocolError, StartupError
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor import launch
+from kallichore.supervisor.backend import KernelBackend, LocalKernelBackend
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.kernel_channels import (
     ChannelHost,
@@ -68,19 +69,17 @@ from kallichore.supervisor.lifeline import Lifeline
 from kallichore.supervisor.liveness import AdoptedKernelProbe
 from kallichore.supervisor.ports import PortPickError, PortReservations
 from kallichore.supervisor.process import (
-    KernelProcess,
+    SupervisedProcess,
     describe_status,
-    spawn_kernel_process,
     terminate_process_group,
 )
 from kallichore.supervisor.pumps import PumpGate
-from kallichore.transport.zmq import (
-    KernelSockets,
+from kallichore.transport.base import (
+    CHANNELS,
+    FrameSocket,
+    KernelConnection,
+    KernelTransport,
     TransportError,
-    TrioZmqSocket,
-    monitor_events,
-    open_kernel_sockets,
-    open_registration_socket,
 )
 from kallichore.wire.codec import Deserializer, Signer, serialize
 from kallichore.wire.connection_file import (
@@ -149,12 +148,18 @@ class SessionHost(ChannelHost, Protocol):
 
 
 @contextlib.asynccontextmanager
-async def open_sockets(info: ConnectionInfo, identity: bytes) -> AsyncIterator[KernelSockets]:
-    """Connect to a kernel's five sockets: the one place a run gets its transport."""
-    endpoints = {
-        channel: info.endpoint(channel) for channel in ("shell", "control", "stdin", "iopub", "hb")
-    }
-    async with open_kernel_sockets(endpoints, identity=identity) as sockets:
+async def open_sockets(
+    transport: KernelTransport,
+    info: ConnectionInfo,
+    identity: bytes,
+    *,
+    watch_disconnect: bool = False,
+) -> AsyncIterator[KernelConnection]:
+    """Connect to a kernel's five sockets: the one place a run gets its connection."""
+    endpoints = {channel: info.endpoint(channel) for channel in CHANNELS}
+    async with transport.open_kernel_connection(
+        endpoints, identity=identity, watch_disconnect=watch_disconnect
+    ) as sockets:
         yield sockets
 
 
@@ -179,7 +184,9 @@ class Incarnation:
     key: str = attrs.field(repr=False, default="")
     lifeline: Lifeline | None = None
     files_dir: str = ""
-    process: KernelProcess | None = None
+    #: Spawns the kernel and reaches its sockets.
+    backend: KernelBackend = attrs.field(factory=LocalKernelBackend)
+    process: SupervisedProcess | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     #: The kernel's channels, once its sockets are open.
     channels: KernelChannels | None = None
@@ -242,7 +249,7 @@ class Incarnation:
         env_actions: tuple[tuple[str, str, str], ...],
         working_directory: str,
         registration: contextlib.AsyncExitStack,
-    ) -> tuple[TrioZmqSocket | None, launch.LaunchPlan]:
+    ) -> tuple[FrameSocket | None, launch.LaunchPlan]:
         """Write the kernel's file and spawn it; every failure is a StartupError."""
         try:
             return await self._spawn(env_actions, working_directory, registration)
@@ -264,7 +271,7 @@ class Incarnation:
         env_actions: tuple[tuple[str, str, str], ...],
         working_directory: str,
         registration: contextlib.AsyncExitStack,
-    ) -> tuple[TrioZmqSocket | None, launch.LaunchPlan]:
+    ) -> tuple[FrameSocket | None, launch.LaunchPlan]:
         spec, host = self.spec, self.host
         env = launch.resolve_environment(dict(os.environ), env_actions)
         host.initial_env = env
@@ -274,10 +281,12 @@ class Incarnation:
         # Ports reserved by an earlier GET connection_info are not reused:
         # a start always writes a fresh connection file (as Kallichore).
         host.release_held_ports()
-        reg_sock: TrioZmqSocket | None = None
+        reg_sock: FrameSocket | None = None
         if uses_registration_handshake(spec.protocol_version):
             host.connection_info = None  # the kernel will report its ports
-            reg_sock, reg_port = await registration.enter_async_context(open_registration_socket())
+            reg_sock, reg_port = await registration.enter_async_context(
+                self.backend.transport.open_registration()
+            )
             path = self._private_file("registration")
             _write_private(path, encode_registration_file(key=self.key, registration_port=reg_port))
         else:
@@ -295,7 +304,7 @@ class Incarnation:
             env=env,
         )
         try:
-            self.process = await spawn_kernel_process(
+            self.process = await self.backend.spawn(
                 list(plan.argv), env=env, cwd=cwd, lifeline=self.lifeline
             )
         except OSError as exc:
@@ -373,7 +382,7 @@ class Incarnation:
             output=launch.clean_startup_output(raw_output),
         )
 
-    async def registration_handshake(self, reg: TrioZmqSocket) -> ConnectionInfo:
+    async def registration_handshake(self, reg: FrameSocket) -> ConnectionInfo:
         """Answer the kernel's JEP 66 handshake request; its ports."""
         deserializer = Deserializer(self.signer, None, accept_unsigned=False)
         while True:
@@ -448,10 +457,21 @@ class Incarnation:
     # ----------------------------------------------------------- the run
 
     async def open_channels(
-        self, stack: contextlib.AsyncExitStack, info: ConnectionInfo
+        self,
+        stack: contextlib.AsyncExitStack,
+        info: ConnectionInfo,
+        *,
+        watch_disconnect: bool = False,
     ) -> KernelChannels:
         """Connect to the kernel's sockets (closed with ``stack``)."""
-        sockets = await stack.enter_async_context(open_sockets(info, self.session_id.encode()))
+        sockets = await stack.enter_async_context(
+            open_sockets(
+                self.backend.transport,
+                info,
+                self.session_id.encode(),
+                watch_disconnect=watch_disconnect,
+            )
+        )
         self.channels = KernelChannels(
             self.host,
             self.spec,
@@ -551,7 +571,7 @@ class _SpawnedRun:
 
     inc: Incarnation
     plan: launch.LaunchPlan
-    reg_sock: TrioZmqSocket | None
+    reg_sock: FrameSocket | None
     registration: contextlib.AsyncExitStack
     started: bool = False
     failure: StartupError | None = None
@@ -636,9 +656,7 @@ class _AdoptedRun:
         async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(inc.spec.connection_timeout):
-                    channels = await inc.open_channels(stack, self.info)
-                    monitor = monitor_events(channels.sockets.hb, zmq.EVENT_DISCONNECTED)
-                    stack.callback(monitor.close)
+                    channels = await inc.open_channels(stack, self.info, watch_disconnect=True)
                     kernel_info = await channels.connect(nursery)
             except trio.TooSlowError:
                 self.failure = KallichoreError(
@@ -654,12 +672,12 @@ class _AdoptedRun:
                 )
                 nursery.cancel_scope.cancel()
             else:
-                await self._serve(nursery, monitor, kernel_info, task_status)
+                await self._serve(nursery, channels.sockets, kernel_info, task_status)
 
     async def _serve(
         self,
         nursery: trio.Nursery,
-        monitor: TrioZmqSocket,
+        sockets: KernelConnection,
         kernel_info: dict[str, Any],
         task_status: trio.TaskStatus[dict[str, Any]],
     ) -> None:
@@ -672,7 +690,7 @@ class _AdoptedRun:
         probe = AdoptedKernelProbe(self.info)
         nursery.start_soon(probe.learn_process)
         nursery.start_soon(inc.monitor_heartbeat, probe)
-        await monitor.receive_multipart()
+        await sockets.wait_disconnected()
         inc.log.info("the adopted kernel's sockets disconnected")
         nursery.cancel_scope.cancel()
 

@@ -34,7 +34,7 @@ from kallichore.session.state import SessionStatus
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.liveness import AdoptedKernelProbe, monitor_heartbeat
 from kallichore.supervisor.pumps import PumpGate
-from kallichore.transport.zmq import KernelSockets, TransportError, wait_stdin_connected
+from kallichore.transport.base import KernelConnection, TransportError
 from kallichore.wire.codec import Deserializer, ReplayWindow, Signer, serialize
 from kallichore.wire.message import WireMessage, new_header, short_msg_id
 
@@ -127,7 +127,7 @@ class KernelChannels:
 
     host: ChannelHost
     spec: LaunchSpec
-    sockets: KernelSockets
+    sockets: KernelConnection
     #: Signs and checks this kernel's messages (an adopted one's own key).
     signer: Signer
     allow_unsigned: bool
@@ -174,7 +174,7 @@ class KernelChannels:
             if self.iopub_seen.is_set():
                 # The kernel can reach us on every channel: shell and iopub
                 # are proven, stdin is proven by its handshake.
-                await wait_stdin_connected(self.sockets)
+                await self.sockets.wait_stdin_connected()
                 return dict(reply.content_json())
 
     async def _request(self, channel: str, msg_type: str, content: dict[str, Any]) -> WireMessage:

@@ -44,8 +44,7 @@ import psutil
 import trio
 
 from kallichore.session.state import SessionStatus
-from kallichore.transport.base import FrameSocket
-from kallichore.transport.zmq import heartbeat_once
+from kallichore.transport.base import FrameSocket, heartbeat_once
 from kallichore.wire.connection_file import ConnectionInfo
 
 __all__ = [

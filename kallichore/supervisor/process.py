@@ -40,6 +40,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import psutil
@@ -55,6 +56,7 @@ __all__ = [
     "OUTPUT_DRAIN_GRACE",
     "READ_CHUNK_BYTES",
     "KernelProcess",
+    "SupervisedProcess",
     "describe_status",
     "spawn_kernel_process",
     "terminate_process_group",
@@ -72,6 +74,45 @@ OUTPUT_DRAIN_GRACE = 1.0  # seconds the pump gets to reach EOF once the group is
 EmitLine = Callable[[str, str], None]
 #: Where :func:`terminate_process_group` logs: plain, or naming the session.
 _Log = logging.Logger | SessionLog
+
+
+class SupervisedProcess(Protocol):
+    """What a session and :func:`terminate_process_group` need of a kernel process.
+
+    :class:`KernelProcess` is the real one; a test can supply a fake that
+    lives in virtual time (see :class:`kallichore.supervisor.backend.KernelBackend`).
+    Signal methods are synchronous and never block; the meaning of each is
+    :class:`KernelProcess`'s.
+    """
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def output_pump_started(self) -> bool: ...
+
+    async def wait(self) -> int: ...
+
+    async def pump_output(self, emit: EmitLine) -> None: ...
+
+    async def wait_output_closed(self) -> None: ...
+
+    async def aclose_pipes(self) -> None: ...
+
+    def signal_group(self, sig: int) -> bool: ...
+
+    def interrupt(self) -> bool: ...
+
+    def kill_group(self) -> bool: ...
+
+    def forget_group(self) -> None: ...
+
+    def note_escapees(self) -> None: ...
+
+    def kill_escapees(self) -> int: ...
 
 
 def describe_status(code: int) -> str:
@@ -429,7 +470,7 @@ async def spawn_kernel_process(
 
 
 async def terminate_process_group(
-    proc: KernelProcess,
+    proc: SupervisedProcess,
     *,
     polite: Callable[[], Awaitable[None]] | None,
     polite_grace: float,
@@ -487,7 +528,7 @@ async def terminate_process_group(
 
 
 async def _ask_to_exit(
-    proc: KernelProcess, polite: Callable[[], Awaitable[None]], grace: float, log: _Log
+    proc: SupervisedProcess, polite: Callable[[], Awaitable[None]], grace: float, log: _Log
 ) -> None:
     """Step 1 of :func:`terminate_process_group`: ``polite()``, then wait for
     the exit, both within ``grace`` seconds; a failing ``polite`` is logged.
@@ -513,7 +554,7 @@ async def _ask_to_exit(
         )
 
 
-async def _terminate_then_kill(proc: KernelProcess, term_grace: float, log: _Log) -> None:
+async def _terminate_then_kill(proc: SupervisedProcess, term_grace: float, log: _Log) -> None:
     """Steps 2 and 3 of :func:`terminate_process_group`: SIGTERM to the group
     and wait up to ``term_grace`` seconds, then SIGKILL and wait for the exit.
 
@@ -542,7 +583,7 @@ async def _terminate_then_kill(proc: KernelProcess, term_grace: float, log: _Log
         )
 
 
-async def _reap_and_sweep(proc: KernelProcess, log: _Log) -> int:
+async def _reap_and_sweep(proc: SupervisedProcess, log: _Log) -> int:
     """With the kernel told to stop: reap it, kill what it left behind (in
     its group and escaped from it), drain its output, close its pipes.
 
@@ -569,3 +610,9 @@ async def _reap_and_sweep(proc: KernelProcess, log: _Log) -> int:
             await proc.wait_output_closed()
     await proc.aclose_pipes()
     return code
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_supervised_process(proc: KernelProcess) -> SupervisedProcess:
+        return proc  # mypy checks KernelProcess against the protocol here

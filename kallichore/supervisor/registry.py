@@ -29,6 +29,7 @@ import trio
 
 from kallichore.errors import ErrorCode, SessionNotFoundError, SessionStateError
 from kallichore.session.outbox import DEFAULT_OUTBOX_LIMIT, Outbox
+from kallichore.supervisor.backend import KernelBackend, LocalKernelBackend
 from kallichore.supervisor.fanout import ClientFanout
 from kallichore.supervisor.lifeline import Lifeline, open_lifeline
 from kallichore.supervisor.policy import KernelPolicy
@@ -90,6 +91,8 @@ class SessionRegistry:
     endpoints: ClientEndpoints = attrs.field(factory=NoEndpoints)
     #: Given to every session: trust of kernel messages, kernel lifetime.
     kernel_policy: KernelPolicy = attrs.field(factory=KernelPolicy)
+    #: Given to every session: how kernels are spawned and reached.
+    kernel_backend: KernelBackend = attrs.field(factory=LocalKernelBackend)
     _sessions: dict[str, KernelSession] = attrs.field(factory=dict, init=False)
     # The nursery sessions run in; set by run().
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
@@ -132,6 +135,7 @@ class SessionRegistry:
             gate=self.priority,
             policy=self.kernel_policy,
             lifeline=self._lifeline,
+            backend=self.kernel_backend,
         )
         self._sessions[spec.session_id] = session
         session.log.info("created (%s)", spec.display_name)

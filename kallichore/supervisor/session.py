@@ -59,6 +59,7 @@ from kallichore.session.state import (
     StatusTracker,
 )
 from kallichore.supervisor import launch
+from kallichore.supervisor.backend import KernelBackend, LocalKernelBackend
 from kallichore.supervisor.dropped_messages import DroppedMessageLog
 from kallichore.supervisor.fanout import ClientAttachment, ClientConnection, ClientFanout
 from kallichore.supervisor.incarnation import (
@@ -133,6 +134,8 @@ class KernelSession:
     _lifeline: Lifeline | None = None
     #: Private directory (0700) for connection and registration files.
     _files_dir: str = attrs.field(factory=tempfile.gettempdir)
+    #: Spawns the kernels and reaches their sockets.
+    _backend: KernelBackend = attrs.field(factory=LocalKernelBackend)
     key: str = attrs.field(factory=generate_key, repr=False)
     created: dt.datetime = attrs.field(factory=_utc_now)
     tracker: StatusTracker = attrs.field(factory=StatusTracker)
@@ -327,6 +330,7 @@ class KernelSession:
             key=self.key,
             lifeline=self._lifeline,
             files_dir=self._files_dir,
+            backend=self._backend,
         )
 
     async def start(self) -> dict[str, Any]:

@@ -68,7 +68,15 @@ from kallichore.errors import RemoteProtocolError
 from kallichore.wire.codec import Deserializer, ReplayWindow, Signer, serialize
 from kallichore.wire.message import WireMessage, new_header
 
-__all__ = ["BEHAVIOURS", "BEHAVIOUR_ENV", "Behaviour", "FakeKernel", "fake_kernel_argv", "main"]
+__all__ = [
+    "BEHAVIOURS",
+    "BEHAVIOUR_ENV",
+    "Behaviour",
+    "FakeKernel",
+    "KernelMessages",
+    "fake_kernel_argv",
+    "main",
+]
 
 #: Behaviour name -> the type of its value (``None``: it takes no value).
 BEHAVIOURS: dict[str, type[int] | type[float] | None] = {
@@ -140,6 +148,90 @@ class Behaviour:
         return cls(**fields)
 
 
+@attrs.define(eq=False)
+class KernelMessages:
+    """A fake kernel's end of the wire codec: what it sends, signed, and what it accepts.
+
+    Sans-io (no sockets), so a kernel on another transport can speak alike.
+
+    Args:
+        key: the connection file's key.
+        behaviour: ``bad-signature`` and ``unsigned`` change how messages are signed.
+    """
+
+    key: bytes
+    behaviour: Behaviour = attrs.field(factory=Behaviour)
+    #: The kernel's session id (in every header it sends, and in iopub topics).
+    session: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    _out_signer: Signer = attrs.field(init=False)
+    _deserializer: Deserializer = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        signer = Signer(self.key)
+        self._out_signer = signer
+        if self.behaviour.bad_signature:
+            self._out_signer = Signer(b"wrong-" + self.key)
+        if self.behaviour.unsigned:
+            self._out_signer = Signer(b"")
+        self._deserializer = Deserializer(signer, ReplayWindow())
+
+    def receive(self, frames: Sequence[bytes]) -> WireMessage:
+        """Verify and decode a request.
+
+        Raises:
+            RemoteProtocolError: bad signature, replay, malformed frames.
+        """
+        return self._deserializer.receive_frames(frames)
+
+    def frames(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        parent: dict[str, Any],
+        identities: Sequence[bytes] = (),
+    ) -> list[bytes]:
+        """A new message of ours, serialized and signed."""
+        header = new_header(
+            msg_type, session=self.session, username="fake", version=PROTOCOL_VERSION
+        )
+        msg = WireMessage(
+            header=header,
+            parent_header=parent,
+            metadata=b"{}",
+            content=json.dumps(content).encode(),
+            identities=tuple(identities),
+        )
+        return serialize(msg, self._out_signer)
+
+    def reply(self, request: WireMessage, content: dict[str, Any]) -> list[bytes]:
+        """The ``*_reply`` to ``request``, routed back to its sender."""
+        msg_type = request.msg_type.removesuffix("_request") + "_reply"
+        return self.frames(msg_type, content, request.header, request.identities)
+
+    def publication(
+        self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]
+    ) -> list[bytes]:
+        """An iopub message (topic ``kernel.<session>.<msg_type>``)."""
+        topic = f"kernel.{self.session}.{msg_type}".encode()
+        return self.frames(msg_type, content, parent, [topic])
+
+    def check_handshake_reply(self, frames: Sequence[bytes]) -> None:
+        """Accept the supervisor's JEP 66 ``handshake_reply``.
+
+        Raises:
+            FakeKernelError: a refusal (the supervisor's raw error frame), a
+                bad message, or a reply whose status is not ``ok``.
+        """
+        if len(frames) == 1:  # the supervisor's raw error frame
+            raise FakeKernelError(f"handshake refused: {frames[0].decode(errors='replace')}")
+        try:
+            reply = self.receive(frames)
+        except RemoteProtocolError as exc:
+            raise FakeKernelError(f"bad handshake_reply: {exc}") from None
+        if reply.msg_type != "handshake_reply" or reply.content_json().get("status") != "ok":
+            raise FakeKernelError(f"handshake failed: {reply.msg_type} {reply.content!r}")
+
+
 def fake_kernel_argv(
     *behaviours: str,
     welcome: bool = False,
@@ -190,15 +282,10 @@ class FakeKernel:
         key = str(info.get("key", "")).encode("ascii")
         self.behaviour = behaviour
         self.welcome = welcome
-        self.session = uuid.uuid4().hex
+        self.messages = KernelMessages(key, behaviour)
         self.execution_count = 0
         self.exiting = False  # set by shutdown_request
         self.interrupted = False  # set by interrupt_request / SIGINT, cleared by execute
-        self._signer = Signer(key)
-        self._out_signer = Signer(b"wrong-" + key) if behaviour.bad_signature else self._signer
-        if behaviour.unsigned:
-            self._out_signer = Signer(b"")
-        self._deserializer = Deserializer(self._signer, ReplayWindow())
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
             self._bind(info, register=register)
@@ -244,35 +331,14 @@ class FakeKernel:
 
     # ------------------------------------------------------------- messaging
 
-    def _frames(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        parent: dict[str, Any],
-        identities: Sequence[bytes] = (),
-    ) -> list[bytes]:
-        header = new_header(
-            msg_type, session=self.session, username="fake", version=PROTOCOL_VERSION
-        )
-        msg = WireMessage(
-            header=header,
-            parent_header=parent,
-            metadata=b"{}",
-            content=json.dumps(content).encode(),
-            identities=tuple(identities),
-        )
-        return serialize(msg, self._out_signer)
-
     def _reply(
         self, sock: zmq.Socket[bytes], request: WireMessage, content: dict[str, Any]
     ) -> None:
-        msg_type = request.msg_type.removesuffix("_request") + "_reply"
-        sock.send_multipart(self._frames(msg_type, content, request.header, request.identities))
+        sock.send_multipart(self.messages.reply(request, content))
 
     def publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
         """Send one iopub message (topic ``kernel.<session>.<msg_type>``)."""
-        topic = f"kernel.{self.session}.{msg_type}".encode()
-        self.iopub.send_multipart(self._frames(msg_type, content, parent, [topic]))
+        self.iopub.send_multipart(self.messages.publication(msg_type, content, parent))
 
     @contextlib.contextmanager
     def _busy(self, request: WireMessage) -> Iterator[None]:
@@ -283,7 +349,7 @@ class FakeKernel:
     def _receive(self, sock: zmq.Socket[bytes], channel: str) -> WireMessage | None:
         frames = sock.recv_multipart()
         try:
-            return self._deserializer.receive_frames(frames)
+            return self.messages.receive(frames)
         except RemoteProtocolError as exc:
             _say(sys.stderr, f"dropped a {channel} message: {exc}")
             return None
@@ -295,20 +361,13 @@ class FakeKernel:
             req.setsockopt(zmq.LINGER, 0)
             req.connect(f"tcp://{ip}:{registration_port}")
             content = {f"{channel}_port": port for channel, port in self.ports.items()}
-            req.send_multipart(self._frames("handshake_request", content, {}))
+            req.send_multipart(self.messages.frames("handshake_request", content, {}))
             if not req.poll(HANDSHAKE_TIMEOUT, zmq.POLLIN):
                 raise FakeKernelError("no handshake_reply from the registration socket")
             frames = req.recv_multipart()
         finally:
             req.close()
-        if len(frames) == 1:  # the supervisor's raw error frame
-            raise FakeKernelError(f"handshake refused: {frames[0].decode(errors='replace')}")
-        try:
-            reply = self._deserializer.receive_frames(frames)
-        except RemoteProtocolError as exc:
-            raise FakeKernelError(f"bad handshake_reply: {exc}") from None
-        if reply.msg_type != "handshake_reply" or reply.content_json().get("status") != "ok":
-            raise FakeKernelError(f"handshake failed: {reply.msg_type} {reply.content!r}")
+        self.messages.check_handshake_reply(frames)
 
     # --------------------------------------------------------------- serving
 
@@ -330,7 +389,7 @@ class FakeKernel:
             event = self.iopub.recv()
             if self.welcome and event[:1] == b"\x01":
                 topic = event[1:]
-                welcome = self._frames(
+                welcome = self.messages.frames(
                     "iopub_welcome", {"subscription": topic.decode(errors="replace")}, {}
                 )
                 self.iopub.send_multipart([topic, *welcome] if topic else welcome)

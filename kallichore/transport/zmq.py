@@ -1,5 +1,10 @@
 """ZeroMQ sockets bridged into trio, and the kernel's five channels.
 
+The real implementation of :mod:`kallichore.transport.base`'s seam:
+:class:`ZmqTransport` is the :class:`~kallichore.transport.base.KernelTransport`,
+:class:`KernelSockets` the :class:`~kallichore.transport.base.KernelConnection`,
+:class:`TrioZmqSocket` the :class:`~kallichore.transport.base.FrameSocket`.
+
 pyzmq has no trio integration, so :class:`TrioZmqSocket` drives a plain
 (synchronous) :class:`zmq.Socket` with non-blocking calls and waits on the
 socket's notification file descriptor (``zmq.FD``) with
@@ -64,7 +69,16 @@ import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from kallichore.transport.base import FrameSocket
+from kallichore.transport.base import (
+    CHANNELS,
+    HEARTBEAT_PAYLOAD,
+    FrameSocket,
+    KernelConnection,
+    KernelTransport,
+    TransportClosedError,
+    TransportError,
+    heartbeat_once,
+)
 
 __all__ = [
     "CHANNELS",
@@ -74,20 +88,16 @@ __all__ = [
     "TransportClosedError",
     "TransportError",
     "TrioZmqSocket",
+    "ZmqTransport",
     "heartbeat_once",
     "monitor_events",
     "open_kernel_sockets",
     "open_registration_socket",
+    "size_zmq_context",
     "wait_stdin_connected",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The kernel channels :func:`open_kernel_sockets` expects endpoints for.
-CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
-
-#: Payload of a heartbeat ping (the kernel echoes it back).
-HEARTBEAT_PAYLOAD = b"kallichore-heartbeat"
 
 #: How long libzmq keeps trying to deliver the registration socket's reply
 #: after it is closed. Closing never blocks the caller; delivery continues on
@@ -101,14 +111,6 @@ _T = TypeVar("_T")
 
 # Numbers the monitors' inproc endpoints (see _monitor_address).
 _monitor_ids = itertools.count()
-
-
-class TransportError(Exception):
-    """ZeroMQ reported an error on a kernel socket."""
-
-
-class TransportClosedError(TransportError):
-    """The socket was closed (by us, or its ZeroMQ context was terminated)."""
 
 
 # What _map_exceptions translates; everything else propagates unchanged.
@@ -493,7 +495,10 @@ def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
 
 @attrs.define(eq=False)
 class KernelSockets:
-    """The five connected sockets of one kernel (see :func:`open_kernel_sockets`)."""
+    """The five connected sockets of one kernel (see :func:`open_kernel_sockets`).
+
+    Satisfies :class:`kallichore.transport.base.KernelConnection`.
+    """
 
     #: DEALER, identity = the session's identity.
     shell: TrioZmqSocket
@@ -508,6 +513,9 @@ class KernelSockets:
     #: Handshake events of ``stdin`` (see :func:`wait_stdin_connected`);
     #: ``None`` once the wait is over.
     stdin_monitor: TrioZmqSocket | None = None
+    #: Disconnection events of ``hb`` (see :meth:`wait_disconnected`), or
+    #: ``None`` when not asked for.
+    hb_monitor: TrioZmqSocket | None = None
 
     def __iter__(self) -> Iterator[TrioZmqSocket]:
         return iter((self.shell, self.control, self.stdin, self.iopub, self.hb))
@@ -525,12 +533,26 @@ class KernelSockets:
             return self.stdin
         raise ValueError(f"no kernel socket to send on for channel {channel!r}")
 
+    async def wait_stdin_connected(self) -> None:
+        """See :func:`wait_stdin_connected`."""
+        await wait_stdin_connected(self)
+
+    async def wait_disconnected(self) -> None:
+        """Wait for ZeroMQ's ``EVENT_DISCONNECTED`` on the ``hb`` socket.
+
+        **Errors:** ``RuntimeError`` unless opened with ``watch_disconnect=True``.
+        """
+        if self.hb_monitor is None:
+            raise RuntimeError("these kernel sockets were opened without watch_disconnect")
+        await self.hb_monitor.receive_multipart()
+
     def close(self) -> None:
-        """Close all five sockets (idempotent)."""
+        """Close all five sockets and their monitors (idempotent)."""
         for sock in self:
             sock.close()
-        if self.stdin_monitor is not None:
-            self.stdin_monitor.close()
+        for monitor in (self.stdin_monitor, self.hb_monitor):
+            if monitor is not None:
+                monitor.close()
 
 
 def _monitor_address() -> str:
@@ -596,6 +618,7 @@ async def open_kernel_sockets(
     *,
     identity: bytes,
     context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    watch_disconnect: bool = False,
 ) -> AsyncIterator[KernelSockets]:
     """Create and connect the sockets for talking to one kernel.
 
@@ -614,6 +637,8 @@ async def open_kernel_sockets(
         identity: routing identity of the DEALER sockets (the session id).
         context: ZeroMQ context; defaults to the process-wide
             ``zmq.Context.instance()``.
+        watch_disconnect: monitor ``hb`` for ``EVENT_DISCONNECTED`` (see
+            :meth:`KernelSockets.wait_disconnected`).
 
     Yields:
         The connected sockets; all are closed when the block exits, however
@@ -640,8 +665,12 @@ async def open_kernel_sockets(
         ("iopub", zmq.SUB, [(zmq.SUBSCRIBE, b""), (zmq.RCVHWM, 0)]),
         ("hb", zmq.REQ, [(zmq.REQ_RELAXED, 1), (zmq.REQ_CORRELATE, 1)]),
     ]
+    watched = {
+        "stdin": zmq.EVENT_HANDSHAKE_SUCCEEDED,
+        "hb": zmq.EVENT_DISCONNECTED if watch_disconnect else 0,
+    }
     made: dict[str, TrioZmqSocket] = {}
-    stdin_monitor: TrioZmqSocket | None = None
+    monitors: dict[str, TrioZmqSocket] = {}
     try:
         with _map_exceptions():
             for name, socket_type, options in plan:
@@ -650,19 +679,19 @@ async def open_kernel_sockets(
                     socket_type,
                     endpoints[name],
                     options,
-                    monitor_events=zmq.EVENT_HANDSHAKE_SUCCEEDED if name == "stdin" else 0,
+                    monitor_events=watched.get(name, 0),
                 )
                 made[name] = TrioZmqSocket(raw)
                 if raw_monitor is not None:
-                    stdin_monitor = TrioZmqSocket(raw_monitor)
-        sockets = KernelSockets(**made, stdin_monitor=stdin_monitor)
+                    monitors[name] = TrioZmqSocket(raw_monitor)
+        sockets = KernelSockets(
+            **made, stdin_monitor=monitors.get("stdin"), hb_monitor=monitors.get("hb")
+        )
         logger.debug("connected kernel sockets %r (identity %r)", dict(endpoints), identity)
         yield sockets
     finally:
-        for sock in made.values():
+        for sock in (*made.values(), *monitors.values()):
             sock.close()
-        if stdin_monitor is not None:
-            stdin_monitor.close()
 
 
 async def wait_stdin_connected(sockets: KernelSockets) -> None:
@@ -689,33 +718,6 @@ async def wait_stdin_connected(sockets: KernelSockets) -> None:
             break
     sockets.stdin_monitor = None
     monitor.close()
-
-
-async def heartbeat_once(sock: FrameSocket, payload: bytes = HEARTBEAT_PAYLOAD) -> None:
-    """Send one heartbeat ping and wait for the kernel's echo.
-
-    There is no timeout parameter: bound the call with a cancel scope
-    (``with trio.move_on_after(5): ...``) and treat cancellation as a missed
-    beat.
-
-    Args:
-        sock: the ``hb`` socket from :func:`open_kernel_sockets`.
-        payload: the single frame to send.
-
-    **Cancellation:** safe to cancel while waiting for the reply. The ``hb``
-    socket is a REQ with ``REQ_RELAXED`` (so it may send again although the
-    last reply never came) and ``REQ_CORRELATE`` (so a late reply to an
-    abandoned ping is discarded instead of answering the next one): call
-    ``heartbeat_once`` again on the same socket after a missed beat.
-
-    **Errors:**
-        TransportClosedError: the socket is (or gets) closed.
-        TransportError: any other ZeroMQ error.
-    """
-    await sock.send_multipart([payload])
-    reply = await sock.receive_multipart()
-    if reply != [payload]:
-        logger.debug("heartbeat reply %r differs from ping %r", reply, payload)
 
 
 @contextlib.asynccontextmanager
@@ -762,3 +764,59 @@ async def open_registration_socket(
         yield sock, port
     finally:
         sock.close()
+
+
+def size_zmq_context(soft_limit: int | None) -> None:
+    """Let the process-wide ZeroMQ context have as many sockets as descriptors.
+
+    ZeroMQ caps a context at 1023 sockets by default, and reports the cap as
+    ``EMFILE`` too. Takes effect only before the context's first socket, so
+    call it at start, after :func:`kallichore.fd_limit.raise_soft_limit`.
+
+    Args:
+        soft_limit: the open-file soft limit (``None``: unlimited).
+    """
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    limit = ctx.get(zmq.SOCKET_LIMIT)
+    wanted = limit if soft_limit is None else min(soft_limit, limit)
+    if wanted > ctx.get(zmq.MAX_SOCKETS):
+        ctx.set(zmq.MAX_SOCKETS, wanted)
+
+
+@attrs.frozen
+class ZmqTransport:
+    """The real :class:`~kallichore.transport.base.KernelTransport`: ZeroMQ over TCP.
+
+    Args:
+        context: ZeroMQ context; defaults to ``zmq.Context.instance()`` at
+            each open.
+    """
+
+    context: zmq.Context[zmq.Socket[bytes]] | None = None
+
+    def open_kernel_connection(
+        self,
+        endpoints: Mapping[str, str],
+        *,
+        identity: bytes,
+        watch_disconnect: bool = False,
+    ) -> contextlib.AbstractAsyncContextManager[KernelSockets]:
+        """See :func:`open_kernel_sockets`."""
+        return open_kernel_sockets(
+            endpoints, identity=identity, context=self.context, watch_disconnect=watch_disconnect
+        )
+
+    def open_registration(
+        self, ip: str = "127.0.0.1"
+    ) -> contextlib.AbstractAsyncContextManager[tuple[TrioZmqSocket, int]]:
+        """See :func:`open_registration_socket`."""
+        return open_registration_socket(ip, context=self.context)
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_kernel_transport(transport: ZmqTransport) -> KernelTransport:
+        return transport  # mypy checks ZmqTransport against the protocol here
+
+    def _satisfies_kernel_connection(sockets: KernelSockets) -> KernelConnection:
+        return sockets

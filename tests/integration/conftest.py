@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import kill_tree, marked_processes
-from tests.integration.server_process import ServerFactory, short_tempdir
+from tests.support.kernel_server import kill_tree, marked_processes
+from tests.support.server_process import ServerFactory
 
 
 @pytest.fixture
@@ -20,13 +20,6 @@ def factory(tmp_path: Path) -> Iterator[ServerFactory]:
         yield servers
     finally:
         servers.close()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A fresh directory short enough for Unix socket paths."""
-    with short_tempdir() as path:
-        yield path
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.server_process import (
+from tests.support.server_process import (
     START_TIMEOUT,
     Endpoint,
     Reply,

@@ -34,8 +34,9 @@ from kallichore.client import (
 from kallichore.client import _channel as channel_module
 from kallichore.client._models import SessionStatus
 from kallichore.protocol.models import ServerConfiguration
-from tests.integration.helpers import REPO_ROOT, session_body
-from tests.integration.test_channels import ChannelServer
+from tests.support.bodies import session_body
+from tests.support.channel_server import ChannelServer
+from tests.support.paths import REPO_ROOT, with_repo_on_path
 
 pytestmark = pytest.mark.integration
 
@@ -342,7 +343,7 @@ async def test_reconnect_after_a_dropped_socket_loses_nothing(
 
 def _cli(server: ChannelServer, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    with_repo_on_path(env)
     env.pop("KALLICHORE_CONNECTION_FILE", None)
     return subprocess.run(
         [

@@ -2,7 +2,7 @@
 
 Each listener (TCP, and the Unix main socket of ``--transport socket``) gets
 a server with one real ipykernel running and a spare session without a
-kernel; :mod:`tests.integration.connection_fuzz` then drives random
+kernel; :mod:`tests.support.connection_fuzz` then drives random
 connection sequences at it. Afterwards the kernel must have the same pid and
 status as before, and the server must still answer.
 
@@ -25,9 +25,10 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.connection_fuzz import ConnectionFuzzer, FuzzTarget
-from tests.integration.helpers import MARKER_VAR, session_body
-from tests.integration.server_process import Endpoint, ServerFactory, short_tempdir
+from tests.support.bodies import session_body
+from tests.support.connection_fuzz import ConnectionFuzzer, FuzzTarget
+from tests.support.kernel_server import MARKER_VAR
+from tests.support.server_process import Endpoint, ServerFactory, short_tempdir
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from kallichore.errors import SessionNotFoundError, SessionSpecError, SessionSta
 from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.server import Server, ServerAddress, serve
 from kallichore.session.state import SessionStatus
-from tests.integration.helpers import REPO_ROOT
-from tests.integration.server_process import UnixHTTPConnection
+from tests.support.paths import REPO_ROOT
+from tests.support.server_process import UnixHTTPConnection
 
 pytestmark = [
     pytest.mark.integration,

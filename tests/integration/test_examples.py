@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import MARKER_VAR, REPO_ROOT, kill_tree, marked_processes
+from tests.support.kernel_server import MARKER_VAR, kill_tree, marked_processes
+from tests.support.paths import REPO_ROOT, with_repo_on_path
 
 pytest_plugins = ["pytester"]
 
@@ -75,11 +76,7 @@ def block_kind(block: str) -> str:
 
 
 def marked_env(marker: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        MARKER_VAR: marker,
-        "PYTHONPATH": os.pathsep.join(filter(None, (REPO_ROOT, os.environ.get("PYTHONPATH")))),
-    }
+    return dict(with_repo_on_path({**os.environ, MARKER_VAR: marker}))
 
 
 def run_program(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
 
-from tests.integration.server_process import Endpoint, ServerFactory
+from tests.support.server_process import Endpoint, ServerFactory
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.helpers import KernelServer, execute, kernel_client, wait_for
+from tests.support.kernel_server import KernelServer, execute, kernel_client, wait_for
 
 pytestmark = [
     pytest.mark.integration,

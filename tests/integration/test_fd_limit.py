@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.integration.helpers import KernelServer, wait_for
+from tests.support.kernel_server import KernelServer, wait_for
 
 pytestmark = pytest.mark.integration
 

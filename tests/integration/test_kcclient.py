@@ -33,8 +33,8 @@ import pytest
 
 from kallichore import API_VERSION, __version__
 from kallichore.client._execute import INTERRUPT_GRACE
-from tests.integration.helpers import REPO_ROOT
-from tests.integration.test_channels import ChannelServer
+from tests.support.channel_server import ChannelServer
+from tests.support.paths import REPO_ROOT, with_repo_on_path
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def server(marker: str) -> Iterator[ChannelServer]:
 def env(server: ChannelServer, tmp_path: Path) -> dict[str, str]:
     """The client's environment: the server's connection file, no colour setting, private Jupyter dirs."""
     values = dict(os.environ)
-    values["PYTHONPATH"] = REPO_ROOT + os.pathsep + values.get("PYTHONPATH", "")
+    with_repo_on_path(values)
     values["KALLICHORE_CONNECTION_FILE"] = server.connection_file
     values["JUPYTER_DATA_DIR"] = str(tmp_path / "data")
     values["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")

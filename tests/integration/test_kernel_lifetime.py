@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.integration.helpers import (
+from tests.support.kernel_server import (
     KernelServer,
     execute,
     kernel_client,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 #: Bound on building the sdist and the wheel (a few seconds when idle).
 BUILD_TIMEOUT = 120.0  # seconds

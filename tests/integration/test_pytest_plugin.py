@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.integration.helpers import REPO_ROOT
+from tests.support.paths import repo_python_path
 
 pytest_plugins = ["pytester"]
 
@@ -54,9 +54,7 @@ HOW_TO = "*set `trio_mode = true` in your pytest configuration*or mark the test 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, (REPO_ROOT, os.environ.get("PYTHONPATH"))))
-    )
+    monkeypatch.setenv("PYTHONPATH", repo_python_path(os.environ.get("PYTHONPATH")))
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_mine=TESTS)
     return pytester

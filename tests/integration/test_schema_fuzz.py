@@ -51,7 +51,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from kallichore.testing.fake_kernel import fake_kernel_argv
-from tests.integration.helpers import REPO_ROOT, KernelServer, running_server, wait_for
+from tests.support.kernel_server import KernelServer, running_server, wait_for
+from tests.support.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration]
 

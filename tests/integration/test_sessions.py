@@ -29,8 +29,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.helpers import (
-    KERNEL_ARGV,
+from tests.support.bodies import KERNEL_ARGV, session_body
+from tests.support.kernel_server import (
     KernelServer,
     collect_execution,
     execute,
@@ -38,7 +38,6 @@ from tests.integration.helpers import (
     kill_tree,
     marked_processes,
     running_server,
-    session_body,
     start_external_kernel,
     wait_for,
 )
@@ -439,7 +438,7 @@ def test_startup_failure_reports_exit_code_and_output(server: KernelServer) -> N
 
 def port_taken_argv(count_file: str, times: int) -> list[str]:
     """A kernel whose shell port is taken before it binds it, the first ``times`` runs."""
-    module = "tests.integration.port_taken_kernel"
+    module = "tests.support.port_taken_kernel"
     return [sys.executable, "-m", module, count_file, str(times), "-f", "{connection_file}"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_process import (
+from tests.support.server_process import (
     Endpoint,
     ServerFactory,
     run_cli,

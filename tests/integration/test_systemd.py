@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_process import (
+from tests.support.server_process import (
     START_TIMEOUT,
     Endpoint,
     ServerFactory,

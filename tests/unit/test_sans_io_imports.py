@@ -15,13 +15,12 @@ rule cannot be dodged through an internal module that does the I/O import.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_ROOT = SOURCE_ROOT / "kallichore"
+from tests.support.imports import PACKAGE_ROOT, imports_in, module_name, package_of
+
 FORBIDDEN = frozenset({"trio", "zmq", "quart", "quart_trio", "hypercorn"})
 SANS_IO_FILES = sorted(
     [
@@ -36,28 +35,7 @@ SANS_IO_FILES = sorted(
         PACKAGE_ROOT / "supervisor" / "dropped_messages.py",
     ]
 )
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(SOURCE_ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _package_of(path: Path) -> str:
-    """The package relative imports in ``path`` are resolved against."""
-    name = _module_name(path)
-    return name if path.name == "__init__.py" else name.rpartition(".")[0]
-
-
-def _is_module(name: str) -> bool:
-    """Whether ``name`` is a module or package of this source tree."""
-    base = SOURCE_ROOT.joinpath(*name.split("."))
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
-
-
-SANS_IO_MODULES = frozenset(_module_name(p) for p in SANS_IO_FILES)
+SANS_IO_MODULES = frozenset(module_name(p) for p in SANS_IO_FILES)
 
 
 def imported_modules(source: str, package: str) -> set[str]:
@@ -66,28 +44,11 @@ def imported_modules(source: str, package: str) -> set[str]:
     ``from m import x`` yields ``m``, plus ``m.x`` when that is a module of this
     source tree (otherwise ``x`` is just an attribute of ``m``).
     """
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - (node.level - 1)])
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(
-                f"{module}.{alias.name}"
-                for alias in node.names
-                if _is_module(f"{module}.{alias.name}")
-            )
-    return names
+    return {imp.module for imp in imports_in(source, package, package)}
 
 
 def _imports_of(path: Path) -> set[str]:
-    return imported_modules(path.read_text(encoding="utf-8"), _package_of(path))
+    return imported_modules(path.read_text(encoding="utf-8"), package_of(path))
 
 
 def test_the_sans_io_set_is_found() -> None:
@@ -101,20 +62,20 @@ def test_the_sans_io_set_is_found() -> None:
     } <= SANS_IO_MODULES
 
 
-@pytest.mark.parametrize("path", SANS_IO_FILES, ids=_module_name)
+@pytest.mark.parametrize("path", SANS_IO_FILES, ids=module_name)
 def test_no_io_imports(path: Path) -> None:
     offending = sorted(name for name in _imports_of(path) if name.split(".")[0] in FORBIDDEN)
-    assert not offending, f"{_module_name(path)} imports {offending}"
+    assert not offending, f"{module_name(path)} imports {offending}"
 
 
-@pytest.mark.parametrize("path", SANS_IO_FILES, ids=_module_name)
+@pytest.mark.parametrize("path", SANS_IO_FILES, ids=module_name)
 def test_internal_imports_stay_sans_io(path: Path) -> None:
     outside = sorted(
         name
         for name in _imports_of(path)
         if name.split(".")[0] == "kallichore" and name not in SANS_IO_MODULES
     )
-    assert not outside, f"{_module_name(path)} imports non-sans-io modules {outside}"
+    assert not outside, f"{module_name(path)} imports non-sans-io modules {outside}"
 
 
 def test_the_checker_catches_violations() -> None:

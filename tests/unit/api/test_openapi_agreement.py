@@ -16,7 +16,7 @@ from kallichore.config import ServerConfig
 from kallichore.protocol.auth import UNAUTHENTICATED
 from kallichore.server import Server
 
-ROOT_DOCUMENT = Path(__file__).parents[2] / "kallichore.json"
+ROOT_DOCUMENT = Path(__file__).parents[3] / "kallichore.json"
 SPEC = json.loads(ROOT_DOCUMENT.read_text())
 
 # Operations in the document that the app does not serve through a Quart

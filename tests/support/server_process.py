@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from tests.support.paths import REPO_ROOT, with_repo_on_path
+
 __all__ = [
-    "REPO_ROOT",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "Endpoint",
@@ -43,7 +44,6 @@ __all__ = [
     "short_tempdir",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long a server may take to become reachable.
 START_TIMEOUT = 10.0  # seconds
 #: How long a server may take to exit once asked to.
@@ -64,8 +64,7 @@ def server_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALLICHORE_")}
     env["KALLICHORE_CONFIG"] = "none"
     env.pop("RUST_LOG", None)
-    pythonpath = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+    with_repo_on_path(env)
     for name, value in (overrides or {}).items():
         if value is None:
             env.pop(name, None)
@@ -186,6 +185,7 @@ class Endpoint:
         *,
         authorization: str | object | None = _OWN_TOKEN,
         headers: Mapping[str, str] | None = None,
+        timeout: float = HTTP_TIMEOUT,
     ) -> Reply:
         """One request on a fresh connection, closed afterwards.
 
@@ -215,7 +215,7 @@ class Endpoint:
             send_headers.setdefault("Content-Type", "application/json")
         if data is not None:
             send_headers.setdefault("Content-Length", str(len(data)))
-        conn = self.connection()
+        conn = self.connection(timeout)
         try:
             conn.request(method, path, body=data, headers=send_headers)
             response = conn.getresponse()
@@ -287,8 +287,9 @@ class ServerProcess:
         env: Mapping[str, str | None] | None = None,
         command: Sequence[str] | None = None,
         pass_fds: Sequence[int] = (),
+        cwd: Path | str = REPO_ROOT,
     ) -> None:
-        """Start ``python -m kallichore serve <args>``, or ``command`` if given."""
+        """Start ``python -m kallichore serve <args>``, or ``command`` if given, in ``cwd``."""
         self.args = list(args)
         workdir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="server-", suffix=".out", dir=workdir)
@@ -304,7 +305,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=self._stdout,
                 stderr=self._stderr,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 env=server_env(env),
                 start_new_session=True,
             )
@@ -387,14 +388,14 @@ class ServerProcess:
     def send_signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers; always reaps. Idempotent."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL if it lingers past ``timeout``; always reaps. Idempotent."""
         try:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.send_signal(signal.SIGTERM)
                 try:
-                    self.proc.wait(timeout=STOP_TIMEOUT)
+                    self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     with contextlib.suppress(ProcessLookupError):
                         self.proc.kill()

@@ -13,9 +13,7 @@ import trio.testing
 from kallichore.api.app import create_app
 from kallichore.config import ServerConfig
 from kallichore.server import Server
-
-TOKEN = "0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.support.app_client import AUTH, TOKEN, request
 
 # Every (method, path) the app serves today, with a body that parses.
 PROTECTED = [
@@ -35,17 +33,6 @@ async def server() -> Server:
 @pytest.fixture
 async def client(server: Server) -> Any:
     return create_app(server.api).test_client()
-
-
-async def request(
-    client: Any,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, bytes, dict[str, str]]:
-    response = await client.open(path, method=method, data=body, headers=headers or {})
-    return response.status_code, await response.get_data(), dict(response.headers)
 
 
 async def test_status_is_open_and_complete(client: Any, server: Server) -> None:

@@ -7,9 +7,10 @@ autojump with real processes); each test runs under conftest's
 ``trio.fail_after``.
 
 Frames the session produces for its client are read straight from
-``session.fanout.outbox`` (see :class:`Frames`). The ``leftovers`` fixture kills any
-fake kernel a test leaves behind -- and fails the test, since the session
-should never leave one -- and removes the per-session files in the temp dir.
+``session.fanout.outbox`` (see :class:`tests.support.session_frames.Frames`). The
+``leftovers`` fixture kills any fake kernel a test leaves behind -- and fails
+the test, since the session should never leave one -- and removes the
+per-session files in the temp dir.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import attrs
 import orjson
 import psutil
 import pytest
@@ -33,7 +32,6 @@ import trio
 import kallichore
 from kallichore.api.presenters import active_session_json
 from kallichore.errors import SessionStateError, StartupError
-from kallichore.protocol.envelope import client_message, execute_content
 from kallichore.server.priority import RequestPriority
 from kallichore.session.state import SessionStatus
 from kallichore.supervisor.policy import KernelPolicy
@@ -45,6 +43,15 @@ from kallichore.supervisor.session import (
     SessionSpec,
 )
 from kallichore.testing.fake_kernel import fake_kernel_argv
+from tests.support.session_frames import (
+    Frames,
+    execute_request,
+    is_idle,
+    is_jupyter,
+    is_output,
+    is_status_event,
+    msg_id,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -57,8 +64,6 @@ PYTHONPATH = (
     "PYTHONPATH",
     os.pathsep.join(filter(None, (REPO_ROOT, os.environ.get("PYTHONPATH")))),
 )
-
-Frame = dict[str, Any]
 
 
 # ----------------------------------------------------------------- fixtures
@@ -144,76 +149,6 @@ def make_session(
         return registry.create(spec)
 
     return make
-
-
-# ------------------------------------------------------------------ helpers
-
-
-class Frames:
-    """Everything a session has put in its outbox, decoded, in order."""
-
-    def __init__(self, session: KernelSession) -> None:
-        self.session = session
-        self.seen: list[Frame] = []
-
-    def drain(self) -> list[Frame]:
-        """Pop what the outbox holds now; returns all frames seen so far."""
-        while (frame := self.session.fanout.outbox.pop()) is not None:
-            self.seen.append(orjson.loads(frame))
-        return self.seen
-
-    async def wait_for(self, predicate: Callable[[Frame], bool]) -> Frame:
-        """The first frame (seen before or arriving later) matching ``predicate``."""
-        index = 0
-        while True:
-            changed = self.session.fanout.outbox_changed
-            self.drain()
-            for frame in self.seen[index:]:
-                if predicate(frame):
-                    return frame
-            index = len(self.seen)
-            await changed.wait()
-
-    def jupyter(self, msg_type: str | None = None) -> list[Frame]:
-        return [
-            f
-            for f in self.seen
-            if f["kind"] == "jupyter" and msg_type in (None, f["header"]["msg_type"])
-        ]
-
-    def events(self, key: str) -> list[Any]:
-        return [f[key] for f in self.seen if f["kind"] == "kernel" and key in f]
-
-
-def is_jupyter(msg_type: str, parent: str | None = None) -> Callable[[Frame], bool]:
-    def predicate(frame: Frame) -> bool:
-        if frame["kind"] != "jupyter" or frame["header"]["msg_type"] != msg_type:
-            return False
-        return parent is None or (frame["parent_header"] or {}).get("msg_id") == parent
-
-    return predicate
-
-
-def is_idle(parent: str) -> Callable[[Frame], bool]:
-    """The kernel's iopub ``idle`` for the request ``parent``."""
-    status = is_jupyter("status", parent)
-    return lambda f: status(f) and f["content"]["execution_state"] == "idle"
-
-
-def is_status_event(status: str) -> Callable[[Frame], bool]:
-    return lambda f: f["kind"] == "kernel" and f.get("status", {}).get("status") == status
-
-
-def is_output(text: str) -> Callable[[Frame], bool]:
-    return lambda f: f["kind"] == "kernel" and text in (f.get("output") or ["", ""])[1]
-
-
-def execute_request(code: str) -> dict[str, Any]:
-    return client_message("execute_request", execute_content(code))
-
-
-def msg_id(message: dict[str, Any]) -> str:
-    return str(message["header"]["msg_id"])
 
 
 # -------------------------------------------------------------------- start
@@ -813,45 +748,3 @@ async def test_ports_reserved_by_connection_info_are_released_on_delete(
         session.get_connection_info()
         registry.delete(session.session_id)
     assert len(registry.ports) == 0
-
-
-@attrs.define
-class RecordedEndpoints:
-    """A registry's ClientEndpoints that records which sessions' endpoints were closed."""
-
-    closed: list[str] = attrs.field(factory=list)
-
-    def close(self, session_id: str) -> None:
-        self.closed.append(session_id)
-
-
-async def test_every_way_a_session_ends_closes_its_endpoints(
-    registry: SessionRegistry, make_session: Callable[..., KernelSession]
-) -> None:
-    endpoints = registry.endpoints = RecordedEndpoints()
-    killed, stopped, deleted, idle = (make_session() for _ in range(4))
-    for session in (killed, stopped):
-        await session.start()
-    await registry.kill(killed)
-    await registry.shutdown(stopped)
-    registry.delete(deleted.session_id)
-    assert endpoints.closed == [killed.session_id, stopped.session_id, deleted.session_id]
-    with pytest.raises(SessionStateError):
-        await registry.kill(idle)  # never started: nothing ended, nothing closed
-    assert idle.session_id not in endpoints.closed
-    await idle.start()
-    await registry.shutdown_all()
-    assert endpoints.closed[-1] == idle.session_id
-
-
-async def test_a_forgotten_session_does_not_close_its_successors_endpoints(
-    registry: SessionRegistry, make_session: Callable[..., KernelSession]
-) -> None:
-    endpoints = registry.endpoints = RecordedEndpoints()
-    old = make_session()
-    registry.delete(old.session_id)
-    new = registry.create(old.spec)  # the same id, another session
-    await registry.shutdown(old)  # a stale handle (embedding keeps them)
-    assert endpoints.closed == [old.session_id]
-    registry.delete(new.session_id)
-    assert endpoints.closed == [old.session_id, new.session_id]

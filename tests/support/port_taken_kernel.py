@@ -1,6 +1,6 @@
 """An ipykernel whose shell port is taken by someone else before it binds it.
 
-Run as ``python -m tests.integration.port_taken_kernel COUNT_FILE TIMES -f
+Run as ``python -m tests.support.port_taken_kernel COUNT_FILE TIMES -f
 {connection_file}``. The first ``TIMES`` runs (counted in ``COUNT_FILE``)
 bind and listen on the shell port named in the connection file themselves
 -- as another program would that took the port between the supervisor's

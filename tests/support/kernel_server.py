@@ -12,26 +12,26 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
 
+from tests.support.bodies import session_body
+from tests.support.server_process import ServerProcess, server_env
+
 __all__ = [
-    "KERNEL_ARGV",
     "MARKER_VAR",
-    "REPO_ROOT",
     "HttpResult",
     "KernelDroppedOutputWarning",
     "KernelServer",
     "kill_tree",
     "marked_processes",
-    "session_body",
     "wait_for",
 ]
 
@@ -44,16 +44,14 @@ class KernelDroppedOutputWarning(UserWarning):
     """
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 #: Environment variable carrying a per-module marker into every process we start.
 MARKER_VAR = "KC_INTEGRATION_MARKER"
 
-#: A real ipykernel (argv template; the server substitutes the connection file).
-KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 #: How long a server gets to write its connection file.
 SERVER_READY_TIMEOUT = 20.0  # seconds
+#: How long a server gets to stop its kernels and exit after SIGTERM.
+SERVER_STOP_TIMEOUT = 20.0  # seconds
 #: Default bound on one HTTP request (starts of 20 kernels on 2 cores are slow).
 HTTP_TIMEOUT = 60.0  # seconds
 
@@ -103,27 +101,6 @@ class HttpResult:
         # diagnose a failure from CI's log alone.
         limit = 500 if self.status < 400 else 8000
         return f"<HttpResult {self.status} {self.body[:limit]!r} in {self.elapsed:.2f}s>"
-
-
-def session_body(session_id: str, **overrides: Any) -> dict[str, Any]:
-    """A complete ``newSession`` body for an ipykernel, with ``overrides`` applied."""
-    body: dict[str, Any] = {
-        "session_id": session_id,
-        "display_name": f"Test {session_id}",
-        "language": "python",
-        "username": "tester",
-        "input_prompt": ">>> ",
-        "continuation_prompt": "... ",
-        "argv": list(KERNEL_ARGV),
-        "working_directory": os.getcwd(),
-        "env": [],
-        "interrupt_mode": "message",
-        "session_mode": "console",
-        "startup_environment": "none",
-        "connection_timeout": 30,
-    }
-    body.update(overrides)
-    return body
 
 
 def marked_processes(marker: str) -> list[psutil.Process]:
@@ -176,75 +153,59 @@ class KernelServer:
         self.fd_limits = fd_limits
         self.name = uuid.uuid4().hex[:8]
         self.connection_file = os.path.join(workdir, f"server-{self.name}.json")
-        self.log_path = os.path.join(workdir, f"server-{self.name}.log")
         self.tmpdir = os.path.join(workdir, f"tmp-{self.name}")
         os.makedirs(self.tmpdir, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: ServerProcess | None = None
         self.port: int = 0
         # Every kernel-ish pid we saw under this server (for teardown).
         self._seen: dict[int, psutil.Process] = {}
 
     # ------------------------------------------------------------- lifecycle
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
+
+    def _env_overrides(self) -> dict[str, str | None]:
+        return {
+            MARKER_VAR: self.marker,
+            # Kernel connection files land here (tempfile.gettempdir()).
+            "TMPDIR": self.tmpdir,
+            # Base values for the append/prepend environment actions.
+            "KC_TEST_BASE_APPEND": "base",
+            "KC_TEST_BASE_PREPEND": "base",
+            "KC_TEST_UNSET": None,
+        }
+
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env[MARKER_VAR] = self.marker
-        env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        # Kernel connection files land here (tempfile.gettempdir()).
-        env["TMPDIR"] = self.tmpdir
-        # Base values for the append/prepend environment actions.
-        env["KC_TEST_BASE_APPEND"] = "base"
-        env["KC_TEST_BASE_PREPEND"] = "base"
-        env.pop("KC_TEST_UNSET", None)
-        return env
+        """The server's environment (for other processes that must look like it)."""
+        return server_env(self._env_overrides())
 
     def start(self) -> KernelServer:
-        launcher = [sys.executable, "-m", "kallichore"]
+        token = self._token_file() if self.token is not None else "none"
+        serve_args = ["--transport", "tcp", "--connection-file", self.connection_file]
+        serve_args += ["--token", token, *self.args]
+        command = None
         if self.fd_limits is not None:
             # Set in the server process itself (no preexec_fn in a threaded test).
-            launcher = [
+            command = [
                 sys.executable,
                 "-c",
                 "import resource, sys; "
                 f"resource.setrlimit(resource.RLIMIT_NOFILE, {self.fd_limits}); "
                 "from kallichore.cli import module_main; module_main(sys.argv[1:])",
+                "serve",
+                *serve_args,
             ]
-        argv = [
-            *launcher,
-            "serve",
-            "--transport",
-            "tcp",
-            "--connection-file",
-            self.connection_file,
-            "--token",
-            self._token_file() if self.token is not None else "none",
-            *self.args,
-        ]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                env=self.env(),
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-        def ready() -> dict[str, Any] | None:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited with {self.proc.returncode} before it was ready:\n{self.log()}"
-                )
-            try:
-                with open(self.connection_file) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                return None
-            return data if data.get("port") else None
-
+        self.process = ServerProcess(
+            serve_args,
+            workdir=Path(self.workdir),
+            env=self._env_overrides(),
+            command=command,
+            cwd=self.workdir,
+        )
         try:
-            details = wait_for(ready, SERVER_READY_TIMEOUT, what="the server's connection file")
+            details = self.process.read_connection_file(self.connection_file, SERVER_READY_TIMEOUT)
         except BaseException:
             self.stop()  # a server that never got ready must not outlive the test
             raise
@@ -260,11 +221,10 @@ class KernelServer:
         return path
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
+        """What the server printed: its stdout, then its stderr (the log)."""
+        if self.process is None:
             return ""
+        return self.process.stdout() + self.process.stderr()
 
     def remember_children(self) -> None:
         """Note every descendant of the server (so teardown can kill them)."""
@@ -284,16 +244,10 @@ class KernelServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and kill whatever it left."""
-        if self.proc is None:
+        if self.process is None:
             return
         self.remember_children()
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.send_signal(signal.SIGTERM)
-            if self.wait_exit(20) is None:
-                with contextlib.suppress(OSError):
-                    self.proc.kill()
-                self.wait_exit(5)
+        self.process.stop(SERVER_STOP_TIMEOUT)
         leftovers = [p for p in self._seen.values() if _alive(p)]
         if leftovers:
             kill_tree(leftovers)

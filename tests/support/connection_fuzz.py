@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests.integration.server_process import Endpoint
+from tests.support.server_process import Endpoint
 
 __all__ = ["RESPONSE_TIMEOUT", "ConnectionFuzzer", "FuzzStats", "FuzzTarget"]
 

@@ -27,6 +27,7 @@ from kallichore.transport.zmq import (
     TransportClosedError,
     TransportError,
     TrioZmqSocket,
+    ZmqTransport,
     heartbeat_once,
     open_kernel_sockets,
     open_registration_socket,
@@ -486,6 +487,33 @@ async def test_open_kernel_sockets_against_fake_kernel(
     assert all(sock.closed for sock in sockets)
 
 
+async def echo_once(rep: TrioZmqSocket) -> None:
+    await rep.send_multipart(await rep.receive_multipart())
+
+
+async def test_transport_watches_for_the_kernel_going_away(
+    make_socket: SocketFactory, ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """``watch_disconnect``: ZeroMQ's disconnect event on hb is the kernel leaving."""
+    transport = ZmqTransport(context=ctx)
+    kernel, endpoints = fake_kernel(make_socket)
+    async with transport.open_kernel_connection(
+        endpoints, identity=b"s", watch_disconnect=True
+    ) as sockets:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo_once, kernel["hb"])
+            with trio.fail_after(5):
+                await heartbeat_once(sockets.hb)  # connected: the echo came back
+        with trio.move_on_after(0.2) as still_there:
+            await sockets.wait_disconnected()
+        assert still_there.cancelled_caught
+        kernel["hb"].close()
+        with trio.fail_after(5):
+            await sockets.wait_disconnected()
+        assert sockets.hb_monitor is not None
+    assert sockets.hb_monitor.closed
+
+
 #: A flood larger than every buffer between a kernel's IOPub socket and ours
 #: except our own receive queue: the kernel's queue (1000 messages) plus the
 #: TCP buffers (tens of MB at most with Linux autotuning).
@@ -688,3 +716,44 @@ async def test_wait_stdin_connected_proves_the_kernel_can_reach_us_on_stdin() ->
         reserved.close()
         for sock in kernel.values():
             sock.close(linger=0)
+
+
+# -- taking messages without holding them across a checkpoint -----------------
+
+
+async def test_receive_now_takes_what_is_queued_while_another_task_waits(
+    make_socket: SocketFactory, nursery: trio.Nursery
+) -> None:
+    """A reader parked in wait_readable() and a task draining with receive_now()
+    share one socket: every message is taken once, in order, and the reader
+    wakes for the next one."""
+    push, pull = connected_pair(make_socket, zmq.PULL, zmq.PUSH)[::-1]
+    assert pull.receive_now() is None
+    woken = trio.Event()
+
+    async def reader() -> None:
+        await pull.wait_readable()
+        woken.set()
+
+    nursery.start_soon(reader)
+    await trio.testing.wait_all_tasks_blocked()
+    push.raw.send_multipart([b"one"])
+    push.raw.send_multipart([b"two"])
+    with trio.fail_after(5):
+        await woken.wait()
+    taken = []
+    while (frames := pull.receive_now()) is not None:
+        taken.append(frames)
+    while len(taken) < 2:  # the second may still be on its way through ZeroMQ
+        with trio.fail_after(5):
+            await pull.wait_readable()
+        frames = pull.receive_now()
+        if frames is not None:
+            taken.append(frames)
+    assert taken == [[b"one"], [b"two"]]
+    assert pull.receive_now() is None
+    pull.close()
+    with pytest.raises(TransportClosedError):
+        pull.receive_now()
+    with pytest.raises(TransportClosedError):
+        await pull.wait_readable()

@@ -34,7 +34,7 @@ is inside the kernel, in front of its own I/O thread.
 With ``KC_TEST_IOPUB_SNDHWM`` set, the socket's high-water mark is that
 many messages instead of 1000, so that drops can be made to happen.
 
-Run as ``python -m tests.integration.counting_kernel -f {connection_file}``.
+Run as ``python -m tests.support.counting_kernel -f {connection_file}``.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ import pytest
 import trio
 
 from kallichore.server import ServerAddress
-from tests.unit.test_http_errors_on_the_wire import (
-    _open,
+from tests.support.raw_http import (
     bearer,
     create_session,
     exchange,
+    open_stream,
     upgrade_headers,
 )
 
@@ -56,7 +56,7 @@ async def test_tcp_fast_path_websocket_is_logged_when_it_ends(
     await create_session(kallichore_server, "fast")
     target = "/sessions/fast/channels?token=hunter2"
     headers = upgrade_headers(**bearer(kallichore_server.token))
-    await upgrade_and_hang_up(await _open(kallichore_server), target, headers)
+    await upgrade_and_hang_up(await open_stream(kallichore_server), target, headers)
     line = await wait_for_line(
         caplog, r"GET /sessions/fast/channels\?token=\*\*\* 101 \d+\.\d ms \(websocket\)"
     )
