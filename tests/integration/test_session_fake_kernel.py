@@ -384,10 +384,14 @@ async def test_signal_death_during_start_reports_the_signal(
 async def test_restart_whose_handshake_times_out_is_ks17(
     make_session: Callable[..., KernelSession],
 ) -> None:
-    """A JEP 66 session's *second* start must report a handshake timeout as such."""
-    session = make_session(protocol_version="5.5", connection_timeout=1)
+    """A JEP 66 session's *second* start must report a handshake timeout as such.
+
+    The timeout also bounds the first start, which a loaded machine can slow
+    down by more than a second: so 5 s, and a kernel that waits far longer.
+    """
+    session = make_session(protocol_version="5.5", connection_timeout=5)
     await session.start()
-    hang = (PYTHONPATH, ("replace", "FAKE_KERNEL_BEHAVIOUR", "slow-start 10"))
+    hang = (PYTHONPATH, ("replace", "FAKE_KERNEL_BEHAVIOUR", "slow-start 60"))
     with pytest.raises(StartupError) as caught:
         await session.restart(None, hang)
     assert caught.value.code.value == "KS-17"
