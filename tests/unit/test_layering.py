@@ -43,7 +43,15 @@ from tests.support.imports import (
     module_name,
     package_files,
 )
-from tests.support.layers import IO_LIBRARIES, PURE, SERVER, client_may_import, under
+from tests.support.layers import (
+    IO_LIBRARIES,
+    LAYER_ORDER,
+    PURE,
+    SERVER,
+    client_may_import,
+    layer_of,
+    under,
+)
 
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 60
@@ -144,6 +152,19 @@ def test_no_new_violations() -> None:
         if gone:
             problems.append(f"fixed, remove from NOT_YET[{rule.name!r}]: {gone}")
     assert not problems, "\n".join(problems)
+
+
+def test_layers_import_only_downward() -> None:
+    """Below the facades, a module imports only its own layer and the layers under it."""
+    rank = {layer: n for n, layer in enumerate(LAYER_ORDER)}
+    upward = [
+        f"{imp} ({layer_of(imp.importer)} -> {layer_of(imp.module)})"
+        for imp in ALL_IMPORTS
+        if imp.module.startswith("kallichore.")
+        and layer_of(imp.importer) != "facades"
+        and rank[layer_of(imp.module)] > rank[layer_of(imp.importer)]
+    ]
+    assert not upward, "imports that reach up a layer:\n" + "\n".join(upward)
 
 
 # --- cycles ----------------------------------------------------------------
