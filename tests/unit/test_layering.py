@@ -20,8 +20,8 @@ The rules (docs/architecture.md draws them):
 * No module over :data:`MAX_FILE_LINES` lines of code, no function over
   :data:`MAX_FUNCTION_LINES` (blank lines, comments and docstrings not counted).
 
-A rule that does not hold yet is marked ``xfail(strict=True)`` with the work that fixes
-it: once it holds the test fails as XPASS, and the marker must go.
+There are no exemptions: a change that breaks a rule fixes the design (a small
+``Protocol`` in the lower layer, a module split by object), not this file.
 """
 
 from __future__ import annotations
@@ -116,42 +116,11 @@ RULES = [
     ),
 ]
 
-#: Rules that do not hold yet: the work that makes them hold, and the imports
-#: (importer, imported module) that break them today. No other import may join
-#: them (test_no_new_violations), so a rule's xfail hides nothing new.
-NOT_YET: dict[str, tuple[str, frozenset[tuple[str, str]]]] = {}
 
-
-def _with_marks(rule: Rule) -> object:
-    marks = []
-    if rule.name in NOT_YET:
-        marks = [pytest.mark.xfail(strict=True, reason=NOT_YET[rule.name][0])]
-    return pytest.param(rule, id=rule.name, marks=marks)
-
-
-@pytest.mark.parametrize("rule", [_with_marks(rule) for rule in RULES])
+@pytest.mark.parametrize("rule", RULES, ids=[rule.name for rule in RULES])
 def test_layer_rule(rule: Rule) -> None:
     broken = rule.violations(ALL_IMPORTS)
     assert not broken, f"{rule.says}; these imports break it:\n" + "\n".join(map(str, broken))
-
-
-def test_no_new_violations() -> None:
-    """Each rule that does not hold yet is broken by its known imports only."""
-    problems = []
-    for rule in RULES:
-        if rule.name not in NOT_YET:
-            continue
-        known = NOT_YET[rule.name][1]
-        broken = rule.violations(ALL_IMPORTS)
-        problems += [
-            f"{rule.says}; a new import breaks it: {imp}"
-            for imp in broken
-            if (imp.importer, imp.module) not in known
-        ]
-        gone = sorted(known - {(imp.importer, imp.module) for imp in broken})
-        if gone:
-            problems.append(f"fixed, remove from NOT_YET[{rule.name!r}]: {gone}")
-    assert not problems, "\n".join(problems)
 
 
 def test_layers_import_only_downward() -> None:
@@ -254,23 +223,6 @@ def test_no_import_cycle_within(package: str) -> None:
     assert not found, "\n".join(_describe(c, graph) for c in found)
 
 
-#: The one import cycle left, by its modules (none since the issue-15 api/channels
-#: work). No other cycle may appear and a listed one may not grow
-#: (test_no_new_cycles).
-KNOWN_CYCLE: frozenset[str] = frozenset()
-
-
-def test_no_new_cycles() -> None:
-    graph = import_graph(ALL_IMPORTS)
-    found = cycles(graph)
-    new = [c for c in found if frozenset(c) != KNOWN_CYCLE]
-    assert not new, "\n".join(_describe(c, graph) for c in new)
-    if KNOWN_CYCLE:
-        assert found, (
-            "the known cycle is gone: empty KNOWN_CYCLE, drop test_no_import_cycles' xfail"
-        )
-
-
 def test_no_import_cycles() -> None:
     graph = import_graph(ALL_IMPORTS)
     found = cycles(graph)
@@ -321,32 +273,11 @@ def file_code_lines(source: str) -> int:
     return code_lines(source, 1, len(source.splitlines()), _docstring_lines(ast.parse(source)))
 
 
-#: Files over the limit today, and the work that shrinks them.
-LONG_FILES: dict[str, str] = {}
-#: Files with a function over the limit today, and the work that splits it.
-LONG_FUNCTIONS: dict[str, str] = {}
-
-
 def _relative(path: Path) -> str:
     return path.relative_to(SOURCE_ROOT).as_posix()
 
 
-def _sized(known: Mapping[str, str]) -> list[object]:
-    return [
-        pytest.param(
-            path,
-            id=_relative(path),
-            marks=(
-                [pytest.mark.xfail(strict=True, reason=known[_relative(path)])]
-                if _relative(path) in known
-                else []
-            ),
-        )
-        for path in package_files()
-    ]
-
-
-@pytest.mark.parametrize("path", _sized(LONG_FILES))
+@pytest.mark.parametrize("path", package_files(), ids=_relative)
 def test_file_size(path: Path) -> None:
     size = file_code_lines(path.read_text(encoding="utf-8"))
     assert size <= MAX_FILE_LINES, (
@@ -354,19 +285,13 @@ def test_file_size(path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("path", _sized(LONG_FUNCTIONS))
+@pytest.mark.parametrize("path", package_files(), ids=_relative)
 def test_function_sizes(path: Path) -> None:
     long = long_functions(path.read_text(encoding="utf-8"))
     assert not long, "\n".join(
         f"{_relative(path)}:{line}: {name} has {size} lines of code (limit {MAX_FUNCTION_LINES})"
         for name, line, size in long
     )
-
-
-def test_known_offenders_exist() -> None:
-    """A marker for a file that is gone would hide nothing; drop it with the file."""
-    files = {_relative(p) for p in package_files()}
-    assert set(LONG_FILES) | set(LONG_FUNCTIONS) <= files
 
 
 # --- the checker itself ------------------------------------------------------
