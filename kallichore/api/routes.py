@@ -61,11 +61,14 @@ MAX_PID = 2**31 - 1
 
 
 @functools.cache
+@functools.cache
 def openapi_document() -> bytes:
     """The OpenAPI document shipped in the package, as served by ``GET /openapi.json``.
 
     ``kallichore/api/kallichore.json`` is a link to the repository's
     ``kallichore.json`` (one source); wheels and sdists carry it as a file.
+    Read once (48 KB), when the routes are registered, so serving it opens
+    no file (at the open-file limit there is no descriptor to open one with).
     """
     return importlib.resources.files("kallichore.api").joinpath("kallichore.json").read_bytes()
 
@@ -161,6 +164,7 @@ def _validate_configuration(body: ServerConfiguration) -> ServerConfiguration:
 
 def register_routes(app: Quart, server: Server) -> None:
     """Attach every handler to ``app``."""
+    openapi_document()
 
     @app.get("/status")
     async def server_status() -> Response:
