@@ -27,7 +27,11 @@ What we do about it:
 
 Accepting an HTTP connection at the limit does not stop the server:
 ``trio.serve_listeners`` logs ``EMFILE`` and retries after a pause (the
-connection waits in the listen backlog meanwhile).
+connection waits in the listen backlog meanwhile). A request accepted with
+the last free descriptor is still answered: nothing on its way opens a file
+(what would, a codec or a document read on first use, is loaded at start),
+and should something still fail for lack of descriptors, the client gets a
+503 whose body says so (:func:`request_shortage`), not an empty 500.
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ __all__ = [
     "FdLimits",
     "check_headroom",
     "current_limits",
+    "is_exhaustion",
     "log_limits",
     "open_descriptors",
     "quiet_accept_errors",
     "raise_soft_limit",
+    "request_shortage",
     "restore_child_limit",
     "sessions_allowed",
     "shortage_error",
@@ -244,11 +250,12 @@ def log_limits() -> None:
     )
 
 
-def _is_exhaustion(exc: BaseException) -> bool:
+def is_exhaustion(exc: BaseException) -> bool:
     """Whether ``exc``, or anything it was raised from or during, is EMFILE/ENFILE.
 
-    Checks the errno where there is one, and the message where a layer kept
-    only the text (ZeroMQ's errors, re-raised as our own).
+    Looks into exception groups (a trio nursery's), checks the errno where
+    there is one, and the message where a layer kept only the text (ZeroMQ's
+    errors, re-raised as our own).
     """
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
@@ -261,8 +268,23 @@ def _is_exhaustion(exc: BaseException) -> bool:
             return True
         if any(text in str(current) for text in _EXHAUSTION_TEXTS):
             return True
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
         pending += [current.__cause__, current.__context__]
     return False
+
+
+def request_shortage() -> tuple[str, str]:
+    """``(message, details)`` for an HTTP request that failed for lack of descriptors.
+
+    Reads no file (the process has no descriptor to read one with).
+    """
+    limits = current_limits()
+    message = (
+        f"The server is out of file descriptors (open-file {limits.describe()}); "
+        "try again once connections or sessions have closed"
+    )
+    return message, _advice(limits, None, "")
 
 
 def shortage_error(exc: StartupError) -> StartupError | None:
@@ -279,7 +301,7 @@ def shortage_error(exc: StartupError) -> StartupError | None:
     """
     limits = current_limits()
     open_now = open_descriptors()
-    if not (_short(limits, open_now) or _is_exhaustion(exc)):
+    if not (_short(limits, open_now) or is_exhaustion(exc)):
         return None
     reason = f"The error was: {exc.message.rstrip('.')}"
     return _shortage(exc.code, reason, limits, open_now, exc.exit_code, exc.output)
@@ -323,6 +345,17 @@ def _shortage(
     exit_code: int | None = None,
     output: str | None = None,
 ) -> StartupError:
+    return StartupError(
+        code,
+        f"Failed to start session: out of file descriptors ({limits.describe()})",
+        _advice(limits, open_now, f" {reason}."),
+        exit_code=exit_code,
+        output=output,
+    )
+
+
+def _advice(limits: FdLimits, open_now: int | None, reason: str) -> str:
+    """What ran out, and what to change; ``reason`` is appended."""
     held = f"{open_now} open, " if open_now is not None else ""
     if limits.soft is not None and limits.soft == limits.hard:
         change = (
@@ -333,15 +366,8 @@ def _shortage(
     else:
         raise_to = limits.hard if limits.hard is not None else UNLIMITED_FALLBACK
         change = f"or restart the server after `ulimit -n {raise_to}` in the shell that starts it"
-    details = (
+    return (
         f"The server has run out of file descriptors ({held}{limits.describe()}); "
         f"each running session holds about {FDS_PER_SESSION}. Stop sessions that are "
-        f"no longer needed, {change}. {reason}."
-    )
-    return StartupError(
-        code,
-        f"Failed to start session: out of file descriptors ({limits.describe()})",
-        details,
-        exit_code=exit_code,
-        output=output,
+        f"no longer needed, {change}.{reason}"
     )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+# werkzeug's routing encodes the Host with the "idna" codec on every request,
+# and Python imports a codec on its first use. Imported here, at start-up, so
+# that a request served when the process has no descriptor left (the open-file
+# limit) does not fail opening encodings/idna.py.
+import encodings.idna  # noqa: F401
+
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from kallichore.api.access_log import AccessLogMiddleware, note_auth_failure
 from kallichore.api.context import ApiContext
 from kallichore.api.errors import register_error_handlers, response_for_error
+from kallichore.api.last_resort import LastResortMiddleware
 from kallichore.api.routes import register_routes
 from kallichore.errors import AuthenticationError
 from kallichore.protocol.auth import UNAUTHENTICATED, auth_failure
@@ -22,6 +29,8 @@ def create_app(context: ApiContext) -> QuartTrio:
     runs before any handler (so 401 wins over 404 for an unknown session),
     but after routing, so an unknown path is a plain 404. Every request and
     WebSocket gets a line in the access log (:mod:`kallichore.api.access_log`).
+    A request the app fails to answer still gets a JSON error
+    (:mod:`kallichore.api.last_resort`).
     """
     app = QuartTrio("kallichore")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -53,5 +62,5 @@ def create_app(context: ApiContext) -> QuartTrio:
 
     register_error_handlers(app)
     register_routes(app, context)
-    app.asgi_app = AccessLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = AccessLogMiddleware(LastResortMiddleware(app.asgi_app))  # type: ignore[method-assign]
     return app

@@ -11,22 +11,37 @@ no body at all; the statuses are Kallichore's.
   ``Allow`` header (wrong method); any other HTTP-level refusal (a body
   over the size limit, a WebSocket upgrade of a plain route: 400) -> its
   status, the status as the code.
+* running out of file descriptors (``EMFILE``/``ENFILE``, anywhere in the
+  request's path) -> 503 ``503``, naming the open-file limits and what to
+  change; logged without a traceback (it is not a bug, and at the limit it
+  can repeat for every request).
 * anything else is a bug: logged with its traceback, answered with a 500
   ``error`` body that reveals nothing internal.
+
+:func:`unexpected_error` makes the last two; the app's handler uses it, and so
+does :class:`kallichore.api.last_resort.LastResortMiddleware` for a failure
+outside the handlers.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from quart import Quart, Response, has_request_context, request, websocket
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import WebsocketMismatch
 
+from kallichore import fd_limit
 from kallichore.api.responses import json_response, status_phrase
 from kallichore.errors import KallichoreError, StartupError
 
-__all__ = ["register_error_handlers", "response_for_error", "response_for_http_exception"]
+__all__ = [
+    "register_error_handlers",
+    "response_for_error",
+    "response_for_http_exception",
+    "unexpected_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +82,16 @@ def response_for_http_exception(
     return response
 
 
+def unexpected_error(exc: BaseException, what: str) -> tuple[int, dict[str, Any]]:
+    """Log ``exc``, which failed ``what``; return the status and ``error`` body to answer."""
+    if fd_limit.is_exhaustion(exc):
+        message, details = fd_limit.request_shortage()
+        logger.warning("%s (while %s; answered 503)", message, what)
+        return 503, {"code": "503", "message": message, "details": details}
+    logger.error("Unexpected error while %s", what, exc_info=exc)
+    return 500, {"code": "500", "message": "Internal server error"}
+
+
 def register_error_handlers(app: Quart) -> None:
     """Install the mapping above on ``app``."""
 
@@ -86,5 +111,5 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def handle_unexpected(exc: Exception) -> Response:
-        logger.exception("Unexpected error while handling a request")
-        return json_response({"code": "500", "message": "Internal server error"}, 500)
+        status, body = unexpected_error(exc, "handling a request")
+        return json_response(body, status)

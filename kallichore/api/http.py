@@ -38,6 +38,13 @@ kept-alive connection) send a Close frame with 1007 or 1009 before dropping
 the connection, as the other channel paths do
 (:mod:`kallichore.api.hypercorn_ws`).
 
+A sixth frees a connection's descriptor as soon as its client has gone.
+Hypercorn's connection task waits for its keep-alive timer (5 s) even after
+the client closed an idle connection (one that never sent a request, or
+between requests), so each such connection held a descriptor 5 s longer
+than needed -- at the open-file limit, 5 s more for a waiting request.
+Once the read loop has ended, the timer is stopped.
+
 The wrappers are installed once, are idempotent, and change nothing else.
 Whatever still escapes one connection's handling is logged and ends that
 connection in :func:`serve_http`; it never reaches the server's nursery.
@@ -222,6 +229,17 @@ def install_h11_adjustments() -> None:
             await original_close(self)
 
     TCPServer._close = close_shielded  # type: ignore[method-assign]
+
+    original_read_data = TCPServer._read_data
+
+    async def read_data_then_end_idle_wait(self: TCPServer) -> None:
+        await original_read_data(self)
+        # The peer is gone (EOF or an error): no request can end the idle
+        # wait now, so end it, and the connection closes at once rather
+        # than when the keep-alive timeout would have closed it.
+        await self.idle_task.stop()
+
+    TCPServer._read_data = read_data_then_end_idle_wait  # type: ignore[method-assign]
     install_ws_close_codes()
 
 

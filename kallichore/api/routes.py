@@ -69,6 +69,8 @@ def openapi_document() -> bytes:
 
     ``kallichore/api/kallichore.json`` is a link to the repository's
     ``kallichore.json`` (one source); wheels and sdists carry it as a file.
+    Read once (48 KB), when the routes are registered, so serving it opens
+    no file (at the open-file limit there is no descriptor to open one with).
     """
     return importlib.resources.files("kallichore.api").joinpath("kallichore.json").read_bytes()
 
@@ -174,6 +176,7 @@ def register_routes(app: Quart, context: ApiContext) -> None:
 
 def _register_server_routes(app: Quart, context: ApiContext) -> None:
     """``/status``, ``/openapi.json``, ``/shutdown``."""
+    openapi_document()  # read now, not on a request that may find no descriptor free
 
     @app.get("/status")
     async def server_status() -> Response:

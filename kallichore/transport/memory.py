@@ -355,10 +355,6 @@ class MemorySocket:
         batch = self._take(1)
         return batch[0] if batch else None
 
-    def readable_now(self) -> bool:
-        """Whether a message is queued (its receiver is always woken already)."""
-        return not self._closed and bool(self._inbox)
-
     # ----------------------------------------------------- links and close
 
     async def wait_connected(self) -> None:

@@ -47,7 +47,13 @@ Concurrency contract: one receiving task per socket at a time (a second one
 gets :class:`trio.BusyResourceError`), any number of senders, serialised in
 FIFO order by a :class:`trio.StrictFIFOLock`. A multipart message is handed to
 libzmq in one synchronous ``send_multipart(..., NOBLOCK)`` call, which libzmq
-accepts whole or not at all, so parts can never interleave.
+accepts whole or not at all, so parts can never interleave. A task that must
+handle another socket's queued messages before it goes on (the shell replies
+before an iopub status, say) takes them itself with
+:meth:`TrioZmqSocket.receive_now`, which never checkpoints; that socket's own
+reader sleeps in :meth:`TrioZmqSocket.wait_readable`, which consumes nothing,
+and takes with ``receive_now`` too, so neither ever holds a message the other
+could overtake.
 
 Errors are mapped at this seam, in the style of httpcore's ``map_exceptions``:
 callers see :class:`TransportError` / :class:`TransportClosedError`, never
@@ -328,23 +334,6 @@ class TrioZmqSocket:
             await self._wait_for(_POLLIN)
         except _MAPPED_ERRORS as exc:
             raise _translate(exc) from exc
-
-    def readable_now(self) -> bool:
-        """Whether a message is queued, waking this socket's receiver if so.
-
-        For another task that wants the receiver to run before it goes on:
-        after this returns ``True``, two checkpoints let the woken receiver
-        take the message.
-        """
-        if self._closed:
-            return False
-        try:
-            events = self._events()
-        except zmq.ZMQError:
-            return False
-        if events & self._wanted():
-            self._wake_sleepers()
-        return bool(events & _POLLIN)
 
     def close(self) -> None:
         """Close the socket now; idempotent.

@@ -75,6 +75,24 @@ def test_exhaustion_found_in_the_message_only() -> None:
     assert fd_limit.shortage_error(error) is not None
 
 
+def test_exhaustion_found_inside_an_exception_group() -> None:
+    # A trio nursery (Quart-Trio's, around every request) raises groups.
+    inner = OSError(errno.EMFILE, os.strerror(errno.EMFILE), "encodings/idna.py")
+    assert fd_limit.is_exhaustion(ExceptionGroup("nursery", [ValueError("x"), inner]))
+    assert not fd_limit.is_exhaustion(ExceptionGroup("nursery", [ValueError("x")]))
+
+
+@pytest.mark.usefixtures("limits")
+def test_a_request_at_the_limit_is_told_what_ran_out_and_what_to_change() -> None:
+    message, details = fd_limit.request_shortage()
+    assert message == (
+        "The server is out of file descriptors (open-file soft limit 1024, hard limit 4096); "
+        "try again once connections or sessions have closed"
+    )
+    assert "`ulimit -n 4096`" in details
+    assert details.endswith(".")
+
+
 def test_near_the_limit_counts_even_without_an_errno(monkeypatch: pytest.MonkeyPatch) -> None:
     # ZeroMQ's I/O thread retries a failed connect quietly: the start times out.
     monkeypatch.setattr(fd_limit, "current_limits", lambda: FdLimits(256, 256))

@@ -1,6 +1,6 @@
 """The parts of hypercorn we replace or lean on are still the ones we read.
 
-kallichore adjusts hypercorn in four places (``api/http.py``,
+kallichore adjusts hypercorn in a few places (``api/http.py``,
 ``api/server_refusals.py``, ``api/hypercorn_ws.py``), each by replacing a
 private method. A private method can change in any release, so the package
 pins hypercorn to the range tested here, and this test fingerprints each
@@ -31,6 +31,9 @@ FINGERPRINTS = {
     ("hypercorn.protocol.ws_stream", "WSStream", "_send_rejection"): "92155f01c52dd59f",
     ("hypercorn.trio.tcp_server", "TCPServer", "_close"): "ef8887951c0534fc",
     ("hypercorn.trio.tcp_server", "TCPServer", "protocol_send"): "2747946c19b1b77e",
+    # _read_data is wrapped to stop the keep-alive timer that run() starts.
+    ("hypercorn.trio.tcp_server", "TCPServer", "_read_data"): "ec14b947bd041097",
+    ("hypercorn.trio.tcp_server", "TCPServer", "run"): "657ae81fb9db1fdc",
 }
 
 

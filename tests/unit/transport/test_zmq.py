@@ -178,38 +178,6 @@ async def test_receive_batch_is_exclusive_and_cancellable(make_socket: SocketFac
     assert await pull.receive_batch(8) == [[b"kept"]]
 
 
-async def test_readable_now_wakes_the_waiting_receiver(
-    make_socket: SocketFactory, nursery: trio.Nursery
-) -> None:
-    """Another task can ask "is a message waiting?" without stealing the wake-up."""
-    router, dealer = connected_pair(make_socket, zmq.ROUTER, zmq.DEALER)
-    assert not dealer.readable_now()
-    got: list[list[bytes]] = []
-    done = trio.Event()
-
-    async def receive() -> None:
-        got.append(await dealer.receive_multipart())
-        done.set()
-
-    nursery.start_soon(receive)
-    await dealer.send_multipart([b"hello"])
-    identity, _ = await router.receive_multipart()
-    await trio.sleep(0.05)  # the receiver is asleep on the FD
-    # From here until the wait below nothing checkpoints, so the receiver
-    # cannot run before our EVENTS checks clear the FD's edge; only the
-    # wake-up inside readable_now can get it going again.
-    router.raw.send_multipart([identity, b"reply"])
-    deadline = time.monotonic() + 5
-    while not dealer.readable_now():
-        assert time.monotonic() < deadline, "the reply never arrived"
-        time.sleep(0.01)  # noqa: ASYNC251 - blocking on purpose, see above
-    with trio.fail_after(2):
-        await done.wait()
-    assert got == [[b"reply"]]
-    dealer.close()
-    assert not dealer.readable_now()
-
-
 # -- edge-triggering and lost wake-ups -----------------------------------------
 
 
