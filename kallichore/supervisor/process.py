@@ -114,6 +114,8 @@ class SupervisedProcess(Protocol):
 
     def kill_escapees(self) -> int: ...
 
+    def is_stopped(self) -> bool: ...
+
 
 def describe_status(code: int) -> str:
     """``exit status: 1`` or ``signal: 9 (SIGKILL)``, as Kallichore words it."""
@@ -234,6 +236,19 @@ class KernelProcess:
         if self.returncode is not None:
             return False
         return self.signal_group(signal.SIGINT)
+
+    def is_stopped(self) -> bool:
+        """Whether the kernel is stopped (SIGSTOP, a job-control stop, or a debugger's).
+
+        A stopped kernel reads none of its sockets until it is continued.
+        """
+        if self.returncode is not None:
+            return False
+        try:
+            status = psutil.Process(self.pid).status()
+        except (psutil.Error, OSError):
+            return False
+        return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
     def forget_group(self) -> None:
         """The group is gone (leader reaped, group swept): take it off the lifeline."""
@@ -484,7 +499,9 @@ async def terminate_process_group(
     1. ``polite()`` -- typically sends ``shutdown_request`` on control -- then
        wait for the exit; both within ``polite_grace`` seconds. If ``polite``
        raises, the error is logged and we go straight to step 2.
-    2. SIGTERM to the group, wait up to ``term_grace`` seconds.
+    2. SIGTERM, then SIGCONT, to the group, wait up to ``term_grace``
+       seconds. A stopped kernel (SIGSTOP, a debugger) cannot answer step 1,
+       which is skipped for it; SIGCONT lets it act on the SIGTERM.
     3. SIGKILL to the group, wait for the exit (unbounded: SIGKILL cannot be
        refused; a warning is logged if it takes over :data:`KILL_WARN_AFTER`).
 
@@ -517,13 +534,24 @@ async def terminate_process_group(
     """
     log: _Log = logger if session_id is None else SessionLog(logger, session_id)
     with trio.CancelScope(shield=True):
+        was_running = proc.returncode is None
         proc.note_escapees()
-        if polite is not None and proc.returncode is None:
-            await _ask_to_exit(proc, polite, polite_grace, log)
+        if polite is not None and was_running:
+            if proc.is_stopped():
+                log.warning(
+                    "kernel process %d is stopped (SIGSTOP or a debugger) and cannot answer "
+                    "a shutdown request; sending SIGTERM",
+                    proc.pid,
+                )
+            else:
+                await _ask_to_exit(proc, polite, polite_grace, log)
         if proc.returncode is None:
             await _terminate_then_kill(proc, term_grace, log)
         code = await _reap_and_sweep(proc, log)
-    log.debug("kernel process %d terminated (%s)", proc.pid, _describe_exit(code))
+    # When we ended it, say how (an exit of its own was logged by its watcher).
+    (log.info if was_running else log.debug)(
+        "kernel process %d stopped (%s)", proc.pid, describe_status(code)
+    )
     return code
 
 
@@ -563,6 +591,9 @@ async def _terminate_then_kill(proc: SupervisedProcess, term_grace: float, log: 
     """
     proc.note_escapees()
     proc.signal_group(signal.SIGTERM)
+    # A stopped process keeps a handled SIGTERM pending until it is continued
+    # (as systemd does, continue it): its handler can then clean up and exit.
+    proc.signal_group(signal.SIGCONT)
     with trio.move_on_after(max(term_grace, 0.0)):
         await proc.wait()
     if proc.returncode is not None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ DAEMON = (
 #: Make an ipykernel ignore shutdown_request (on control) and SIGTERM.
 STUBBORN = """
 import signal
+import time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 async def _ignore(*args, **kwargs):
     pass
@@ -115,3 +117,112 @@ def test_server_sigterm_stops_a_kernel_that_ignores_shutdown_and_sigterm(
     log = server.log()
     assert "did not exit 5.0 s after a shutdown request" in log
     assert "ignored SIGTERM for 3.0 s; sending SIGKILL" in log
+
+
+#: A kernel at a breakpoint: the main thread blocks (as pdb waiting for a
+#: command does) with SIGTERM and SIGINT ignored. Sent, never answered.
+BREAKPOINT = """
+import signal, threading
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+threading.Event().wait()
+"""
+#: A kernel that cleans up on SIGTERM, as a kernel with a handler does.
+CLEAN_EXIT_ON_SIGTERM = "import os, signal; signal.signal(signal.SIGTERM, lambda *a: os._exit(7))"
+#: shutdown_request grace + SIGTERM grace + SIGKILL (1 s to die), plus slack for a busy machine.
+LADDER_BOUND = 5.0 + 3.0 + 1.0 + 6.0
+#: A restart also starts the next kernel before it answers.
+RESTART_BOUND = LADDER_BOUND + 20.0
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # only zombies left
+        return True
+    return False
+
+
+def _stop_at_debugger(server: KernelServer, session_id: str, setup: str | None = None) -> int:
+    """Start a session, run ``setup`` in it, then stop its kernel (SIGSTOP, state T)."""
+    server.create_and_start(session_id)
+    kernel_pid = int(server.session(session_id)["process_id"])
+    if setup is not None:
+        with kernel_client(server.connection_info(session_id)) as kc:
+            assert execute(kc, setup).status == "ok"
+    os.kill(kernel_pid, signal.SIGSTOP)
+    wait_for(
+        lambda: psutil.Process(kernel_pid).status() == psutil.STATUS_STOPPED,
+        10,
+        what="the kernel to be stopped",
+    )
+    return kernel_pid
+
+
+def _restart_past(server: KernelServer, session_id: str, kernel_pid: int) -> float:
+    """Restart the session; its old kernel and group must be gone. Returns the seconds taken."""
+    started = time.monotonic()
+    assert server.post(f"/sessions/{session_id}/restart").status == 200
+    elapsed = time.monotonic() - started
+    assert elapsed < RESTART_BOUND
+    assert not alive(kernel_pid)
+    assert _group_gone(kernel_pid)
+    server.wait_status(session_id, "idle", 30)
+    return elapsed
+
+
+@pytest.mark.time_limit(60)
+def test_server_shutdown_stops_a_kernel_stopped_in_a_debugger(server: KernelServer) -> None:
+    kernel_pid = _stop_at_debugger(server, "stopped")
+    started = time.monotonic()
+    assert server.post("/shutdown").status == 200
+    assert server.wait_exit(LADDER_BOUND) == 0, server.log()[-3000:]
+    elapsed = time.monotonic() - started
+    assert not alive(kernel_pid)
+    assert _group_gone(kernel_pid)
+    log = server.log()
+    assert f"kernel process {kernel_pid} is stopped (SIGSTOP or a debugger)" in log, log[-3000:]
+    assert f"kernel process {kernel_pid} stopped (" in log, log[-3000:]
+    print(f"stopped kernel, server shutdown: {elapsed:.2f} s")
+
+
+@pytest.mark.time_limit(60)
+def test_restart_stops_a_stopped_kernel_with_a_sigterm_handler_cleanly(
+    server: KernelServer,
+) -> None:
+    # Stopped, a process keeps a handled SIGTERM pending; SIGCONT lets it run.
+    kernel_pid = _stop_at_debugger(server, "handler", CLEAN_EXIT_ON_SIGTERM)
+    elapsed = _restart_past(server, "handler", kernel_pid)
+    log = server.log()
+    assert f"kernel process {kernel_pid} stopped (exit status: 7)" in log, log[-3000:]
+    assert "ignored SIGTERM" not in log
+    print(f"stopped kernel with a SIGTERM handler, restart: {elapsed:.2f} s")
+
+
+@pytest.mark.time_limit(60)
+def test_restart_stops_a_kernel_blocked_at_a_breakpoint(server: KernelServer) -> None:
+    server.create_and_start("breakpoint")
+    kernel_pid = int(server.session("breakpoint")["process_id"])
+    with kernel_client(server.connection_info("breakpoint")) as kc:
+        kc.execute(BREAKPOINT)
+        wait_for(lambda: server.status_of("breakpoint") == "busy", 10, what="busy")
+    elapsed = _restart_past(server, "breakpoint", kernel_pid)
+    log = server.log()
+    assert "did not exit 5.0 s after a shutdown request" in log, log[-3000:]
+    assert "ignored SIGTERM for 3.0 s; sending SIGKILL" in log, log[-3000:]
+    assert f"kernel process {kernel_pid} stopped (signal: 9 (SIGKILL))" in log, log[-3000:]
+    print(f"kernel blocked at a breakpoint, restart: {elapsed:.2f} s")
+
+
+@pytest.mark.time_limit(60)
+def test_kill_ends_a_kernel_stopped_in_a_debugger_as_exited(server: KernelServer) -> None:
+    kernel_pid = _stop_at_debugger(server, "killed")
+    started = time.monotonic()
+    assert server.post("/sessions/killed/kill").status == 200
+    elapsed = time.monotonic() - started
+    server.wait_status("killed", "exited", 10)
+    assert not alive(kernel_pid)
+    assert _group_gone(kernel_pid)
+    print(f"stopped kernel, kill: {elapsed:.2f} s")

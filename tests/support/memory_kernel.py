@@ -21,7 +21,8 @@ its iopub subscription the way it does for any kernel without JEP 65.
 
 Its process (:class:`MemoryKernelProcess`) takes signals as a POSIX kernel
 would: SIGINT interrupts, SIGTERM ends it with ``-15`` (unless the
-``ignore-shutdown`` behaviour is on), SIGKILL with ``-9``. Its pids are above
+``ignore-shutdown`` behaviour is on), SIGKILL with ``-9``; SIGSTOP marks it
+stopped (its tasks still run) and holds SIGTERM back until SIGCONT. Its pids are above
 Linux's largest (``PID_MAX_LIMIT``), so nothing ever signals a real process.
 
 Why here and not in ``kallichore.testing``: it plugs into an internal seam
@@ -79,6 +80,10 @@ class MemoryKernelProcess:
     pid: int
     #: SIGTERM is ignored (the ``ignore-shutdown`` behaviour).
     ignore_sigterm: bool = False
+    #: Stopped by SIGSTOP until SIGCONT: a SIGTERM meanwhile stays pending,
+    #: as for a real kernel with a SIGTERM handler.
+    stopped: bool = False
+    _pending_sigterm: bool = attrs.field(default=False, init=False)
     #: Every signal sent to the group, in order (for assertions).
     signals: list[int] = attrs.field(factory=list)
     #: The kernel's tasks run in this scope; cancelling it is the process dying.
@@ -147,11 +152,23 @@ class MemoryKernelProcess:
         if self._status is not None:
             return False
         self.signals.append(sig)
-        if sig == signal.SIGINT:
+        if sig == signal.SIGSTOP:
+            self.stopped = True
+        elif sig == signal.SIGCONT:
+            self.stopped = False
+            if self._pending_sigterm and not self.ignore_sigterm:
+                self.exit(-signal.SIGTERM)
+            self._pending_sigterm = False
+        elif sig == signal.SIGTERM and self.stopped:
+            self._pending_sigterm = True
+        elif sig == signal.SIGINT:
             self.interrupted.set()
         elif sig == signal.SIGKILL or (sig == signal.SIGTERM and not self.ignore_sigterm):
             self.exit(-sig)
         return True
+
+    def is_stopped(self) -> bool:
+        return self.stopped and self._status is None
 
     def interrupt(self) -> bool:
         return self.signal_group(signal.SIGINT)

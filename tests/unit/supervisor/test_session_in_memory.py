@@ -312,7 +312,7 @@ async def test_shutdown_of_a_kernel_that_ignores_everything_climbs_the_whole_lad
     await session.shutdown()
 
     assert trio.current_time() - began == pytest.approx(LADDER, abs=0.01)
-    assert process.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert process.signals == [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL]
     assert session.exit_code == -signal.SIGKILL
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"did not exit {SHUTDOWN_POLITE_GRACE:.1f} s after" in m for m in messages)
@@ -331,6 +331,45 @@ async def test_a_kernel_that_ignores_the_request_but_not_sigterm_stops_at_the_se
     assert trio.current_time() - began == pytest.approx(SHUTDOWN_POLITE_GRACE, abs=0.01)
     assert process.signals == [signal.SIGTERM]
     assert session.exit_code == -signal.SIGTERM
+
+
+async def test_a_stopped_kernel_skips_the_request_and_sigcont_lets_it_act_on_sigterm(
+    autojump_clock: MockClock,
+    start_session: StartSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kallichore.supervisor.process")
+    session, process = await start_session()
+    frames = Frames(session)
+    process.signal_group(signal.SIGSTOP)  # a debugger stopped it: it reads nothing
+    began = trio.current_time()
+    await session.shutdown()
+
+    assert trio.current_time() - began < 0.1  # no wait for a reply that cannot come
+    assert process.signals == [signal.SIGSTOP, signal.SIGTERM, signal.SIGCONT]
+    assert session.exit_code == -signal.SIGTERM
+    assert frames.drain()[-1] == {"kind": "kernel", "exited": -signal.SIGTERM}
+    assert frames.events("status")[-1]["status"] == "exited"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("is stopped (SIGSTOP or a debugger)" in m for m in messages)
+    assert any(f"{process.pid} stopped (signal: 15 (SIGTERM))" in m for m in messages)
+
+
+async def test_a_stopped_kernel_that_ignores_sigterm_is_killed_at_the_term_grace(
+    autojump_clock: MockClock,
+    start_session: StartSession,
+) -> None:
+    session, process = await start_session("ignore-shutdown")
+    frames = Frames(session)
+    process.signal_group(signal.SIGSTOP)
+    began = trio.current_time()
+    await session.shutdown()
+
+    assert trio.current_time() - began == pytest.approx(SHUTDOWN_TERM_GRACE, abs=0.01)
+    assert process.signals == [signal.SIGSTOP, signal.SIGTERM, signal.SIGCONT, signal.SIGKILL]
+    assert session.exit_code == -signal.SIGKILL
+    assert frames.drain()[-1] == {"kind": "kernel", "exited": -signal.SIGKILL}
+    assert frames.events("status")[-1]["status"] == "exited"
 
 
 async def test_kill_skips_the_polite_step_and_exited_is_the_last_event(
@@ -395,7 +434,7 @@ async def test_restart_of_a_stubborn_kernel_climbs_the_ladder_then_starts_again(
     await session.restart(None, None)
 
     assert trio.current_time() - began == pytest.approx(LADDER, abs=0.01)
-    assert first.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert first.signals == [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL]
     assert session.status is SessionStatus.IDLE
     assert len(backend.spawned) == 2
 
