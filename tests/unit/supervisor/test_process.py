@@ -414,6 +414,50 @@ async def test_sigterm_ignored_then_sigkill(spawn: Spawn, caplog: pytest.LogCapt
     assert any("ignored SIGTERM" in r.getMessage() for r in caplog.records)
 
 
+SIGTERM_HANDLED = """
+    import os, signal, time
+    signal.signal(signal.SIGTERM, lambda *args: os._exit(3))
+    print("ready", flush=True)
+    time.sleep(30)
+"""
+
+
+async def _stop(proc: KernelProcess) -> None:
+    """SIGSTOP the process (as a debugger holds it) and wait until it is in state T."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    with trio.fail_after(10):
+        while not proc.is_stopped():  # noqa: ASYNC110 -- nothing to wait on but the OS
+            await trio.sleep(0.01)
+
+
+async def test_stopped_process_skips_polite_and_runs_its_sigterm_handler(spawn: Spawn) -> None:
+    proc = await spawn(SIGTERM_HANDLED)
+    asked: list[bool] = []
+
+    async def polite() -> None:  # a stopped kernel could never answer
+        asked.append(True)
+
+    async with trio.open_nursery() as nursery:
+        await _ready(proc, nursery)
+        await _stop(proc)
+        start = trio.current_time()
+        code = await terminate_process_group(proc, polite=polite, polite_grace=10, term_grace=10)
+        elapsed = trio.current_time() - start
+    assert asked == []
+    assert code == 3  # SIGCONT let the pending SIGTERM reach its handler
+    assert elapsed < 5  # far below either grace
+
+
+async def test_stopped_process_that_ignores_sigterm_is_killed(spawn: Spawn) -> None:
+    proc = await spawn(SIGTERM_IGNORED)
+    async with trio.open_nursery() as nursery:
+        await _ready(proc, nursery)
+        await _stop(proc)
+        code = await terminate_process_group(proc, polite=None, polite_grace=10, term_grace=0.5)
+    assert code == -signal.SIGKILL
+    assert not proc.is_stopped()
+
+
 async def test_terminate_from_cancelled_scope_completes(spawn: Spawn) -> None:
     proc = await spawn(SIGTERM_IGNORED)
     codes: list[int] = []
