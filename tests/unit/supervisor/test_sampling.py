@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -58,20 +59,29 @@ def wait_for_child(pid: int) -> int:
 
 @contextlib.contextmanager
 def stat_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[collections.Counter[int]]:
-    """Counts psutil's opens of ``/proc/<pid>/stat``, by pid."""
+    """Counts opens of ``/proc/<pid>/stat`` (by psutil or by os.open), by pid."""
     import psutil._common
 
     reads: collections.Counter[int] = collections.Counter()
+    os_open = os.open
 
-    def counting_open(name: Any, *args: Any, **kwargs: Any) -> IO[Any]:
+    def count(name: Any) -> None:
         parts = str(name).split("/")
         if len(parts) == 4 and parts[1] == "proc" and parts[3] == "stat" and parts[2].isdigit():
             reads[int(parts[2])] += 1
+
+    def counting_open(name: Any, *args: Any, **kwargs: Any) -> IO[Any]:
+        count(name)
         opened: IO[Any] = open(name, *args, **kwargs)  # noqa: SIM115 (psutil closes it)
         return opened
 
+    def counting_os_open(name: Any, *args: Any, **kwargs: Any) -> int:
+        count(name)
+        return os_open(name, *args, **kwargs)
+
     with monkeypatch.context() as patch:
         patch.setattr(psutil._common, "open", counting_open, raising=False)
+        patch.setattr(os, "open", counting_os_open)
         yield reads
 
 
