@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,14 +30,15 @@ TICKS = 2 * TREE_REFRESH_TICKS  # ticks: a first read and two refreshes
 
 @contextlib.contextmanager
 def spawned(argvs: list[list[str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Each in a process group of its own, killed whole at the end (children too)."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for argv in argvs:
-            procs.append(subprocess.Popen(argv))
+            procs.append(subprocess.Popen(argv, start_new_session=True))
         yield procs
     finally:
         for proc in procs:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         for proc in procs:
             proc.wait()
 
