@@ -68,6 +68,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "rss_after_mb": med([r["rss_after_mb"] for r in raw["status"].get(name, [])
                                  if r.get("rss_after_mb") is not None]),
         }
+        sp = raw.get("sampling", {}).get(name, [])
+        row["sampling"] = sp[0] if sp else None
         s[name] = row
     return s
 
@@ -111,6 +113,15 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         st = r["status_ms"]
         if st["p99"] is not None:
             add("GET /status p99 under flood", k, f"{st['p99']:.1f} ms", "< 20 ms", st["p99"] < 20)
+        sp = r.get("sampling")
+        if sp:
+            add("sampling on a busy host, CPU", k, f"{sp['cpu_percent_of_core']:.2f} % of a core",
+                "< 1 %", sp["cpu_percent_of_core"] < 1)
+            # Beyond the idle server's: ZeroMQ's I/O and reaper threads and
+            # one trio worker, whatever the sessions.
+            add("sampling on a busy host, threads", k,
+                f"{sp['max_threads']} (idle server {sp['idle_threads']})", "<= idle + 3",
+                sp["max_threads"] <= sp["idle_threads"] + 3)
     return out
 
 
@@ -174,6 +185,10 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], tgts: list[dict[st
          "{:.0f}")
     line("server RSS, 15 s after the floods (sessions deleted), MB",
          lambda r: r["status_ms"]["rss_after_mb"], "{:.0f}")
+    line("server CPU, 10 attached sessions sampled on a busy host, % of a core",
+         lambda r: (r.get("sampling") or {}).get("cpu_percent_of_core"), "{:.2f}")
+    line("server threads meanwhile", lambda r: (r.get("sampling") or {}).get("max_threads"),
+         "{:.0f}")
 
     out = [f"# Benchmark results ({meta.get('mode', '?')} run, {meta.get('date', '?')})", ""]
     out.append(f"Machine: {meta.get('machine', '?')}; Python {meta.get('python', '?')}; "

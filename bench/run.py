@@ -31,6 +31,7 @@ FULL = {
     "fire_rounds": 5, "fire_n": 100_000, "fire_timeout": 60,
     "start_rounds": 10, "conc_rounds": 2, "conc_n": 20,
     "rss_counts": [10, 50], "status_requests": 500, "status_sessions": 5,
+    "sampling_sessions": 10, "sampling_host_procs": 3000, "sampling_window_s": 60,
 }
 QUICK = {
     "rtt_rounds": 2, "rtt_per_round": 50,
@@ -38,8 +39,11 @@ QUICK = {
     "fire_rounds": 1, "fire_n": 20_000, "fire_timeout": 20,
     "start_rounds": 2, "conc_rounds": 1, "conc_n": 20,
     "rss_counts": [10, 50], "status_requests": 100, "status_sessions": 5,
+    "sampling_sessions": 10, "sampling_host_procs": 3000, "sampling_window_s": 20,
 }
-WORKLOADS = ["rtt", "print", "firehose", "start", "concurrent", "rss", "status"]
+WORKLOADS = ["rtt", "print", "firehose", "start", "concurrent", "rss", "status", "sampling"]
+#: The workloads that run on fresh servers of their own, after the shared ones.
+OWN_SERVER = {"rss", "sampling"}
 
 
 def log(*args: Any) -> None:
@@ -71,7 +75,9 @@ def run(params: dict[str, Any], only: list[str], skip_kg: bool) -> dict[str, Any
         systems.append(S.KernelGateway())
     raw: dict[str, dict[str, Any]] = {w: {s.name: [] for s in systems} for w in WORKLOADS}
     errors: list[str] = []
-    for s in systems:
+    # Started only for the workloads that share them.
+    shared = systems if set(only) - OWN_SERVER else []
+    for s in shared:
         s.start()
         log("started", s.name, "pid", s.pid)
     try:
@@ -146,23 +152,31 @@ def run(params: dict[str, Any], only: list[str], skip_kg: bool) -> dict[str, Any
         errors.append(traceback.format_exc())
         log("ERROR", errors[-1])
     finally:
-        for s in systems:
+        for s in shared:
             s.stop()
+    def on_fresh_server(workload: str, s: Any, measure: Any) -> None:
+        try:
+            s.start()
+            res = measure(s)
+            raw[workload][s.name].append(res)
+            log(workload, s.name, {k: round(v, 2) for k, v in res.items()})
+        except Exception:
+            errors.append(traceback.format_exc())
+            log("ERROR", errors[-1])
+        finally:
+            s.stop()
+
     # --- server RSS: fresh servers
     if "rss" in only:
         for s in [S.Kallichore("tcp"), S.Kallichore("socket")] + (
             [] if skip_kg else [S.KernelGateway()]
         ):
-            try:
-                s.start()
-                res = W.server_rss(s, params["rss_counts"])
-                raw["rss"][s.name].append(res)
-                log("rss", s.name, {k: round(v, 1) for k, v in res.items()})
-            except Exception:
-                errors.append(traceback.format_exc())
-                log("ERROR", errors[-1])
-            finally:
-                s.stop()
+            on_fresh_server("rss", s, lambda s: W.server_rss(s, params["rss_counts"]))
+    # --- resource sampling on a busy host: a fresh server, its CPU and threads
+    if "sampling" in only:
+        on_fresh_server("sampling", S.Kallichore("tcp"), lambda s: W.busy_host_sampling(
+            s, params["sampling_sessions"], params["sampling_host_procs"],
+            params["sampling_window_s"]))
     return {"raw": raw, "errors": errors, "systems": [s.name for s in systems]}
 
 

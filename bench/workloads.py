@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import subprocess
 import threading
 import time
 from typing import Any
 
-from systems import Conn, Kallichore, KernelGateway, System, Timeout, close
+import psutil
+from systems import Conn, Kallichore, KernelGateway, System, Timeout, WsConn, close
 
 PRINT_CODE = "for i in range({n}):\n    print(i, flush=True)"
 
@@ -282,4 +284,76 @@ def status_under_flood(system: Kallichore | KernelGateway, sessions: int, reques
         "flood_msgs_per_s": flood_rate,
         "peak_rss_mb": peak_rss / 1e6,
         "rss_after_mb": rss_after / 1e6,
+    }
+
+
+# ------------------------------------------------ resource sampling on a busy host
+
+
+def _drain_usage(conn: Conn) -> int:
+    """Reads what the server has sent ``conn`` so far; returns the ``resourceUsage`` events."""
+    assert isinstance(conn, WsConn)
+    seen = 0
+    conn.ws.settimeout(0.01)
+    while True:
+        try:
+            raw = conn.ws.recv()
+        except (TimeoutError, OSError):
+            return seen
+        seen += b"resourceUsage" in (raw if isinstance(raw, bytes) else raw.encode())
+
+
+def busy_host_sampling(
+    system: Kallichore, sessions: int, host_procs: int, window_s: float
+) -> dict[str, Any]:
+    """The server's CPU and threads while it samples resources on a busy host.
+
+    ``host_procs`` idle ``sleep`` processes stand in for the host's unrelated
+    processes; ``sessions`` sessions have a client attached, sampled at the
+    server's default 1 s interval. The clients read what they are sent (their
+    ``resourceUsage`` events are counted), nothing else runs.
+    """
+    sleepers: list[subprocess.Popen[bytes]] = []
+    conns: list[Conn] = []
+    server = psutil.Process(system.pid)
+    idle_threads = server.num_threads()
+    try:
+        for _ in range(host_procs):
+            sleepers.append(
+                subprocess.Popen(
+                    ["sleep", "3600"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for _ in range(sessions):
+            conns.append(system.open("firehose")[0])
+        time.sleep(3)  # settle: the kernels' first samples
+        for conn in conns:
+            _drain_usage(conn)
+        threads = server.num_threads()
+        events = 0
+        cpu0, t0 = system.cpu(), time.perf_counter()
+        while time.perf_counter() - t0 < window_s:
+            time.sleep(1)
+            events += sum(_drain_usage(conn) for conn in conns)
+            threads = max(threads, server.num_threads())
+        cpu = system.cpu() - cpu0
+        wall = time.perf_counter() - t0
+    finally:
+        for conn in conns:
+            close(system, conn)
+        for proc in sleepers:
+            proc.kill()
+        for proc in sleepers:
+            proc.wait()
+    return {
+        "cpu_percent_of_core": 100 * cpu / wall,
+        "idle_threads": idle_threads,
+        "max_threads": threads,
+        "usage_events_per_s": events / wall,
+        "host_processes": host_procs,
+        "sessions": sessions,
+        "window_s": wall,
     }

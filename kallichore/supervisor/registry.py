@@ -35,6 +35,7 @@ from kallichore.supervisor.lifeline import Lifeline, open_lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortReservations
 from kallichore.supervisor.pumps import OpenGate, PumpGate
+from kallichore.supervisor.sampling import ProcessTable
 from kallichore.supervisor.session import KernelSession, SessionSpec
 
 __all__ = ["ClientEndpoints", "NoEndpoints", "RegistryStatistics", "SessionRegistry"]
@@ -102,6 +103,8 @@ class SessionRegistry:
     _lifeline: Lifeline | None = attrs.field(default=None, init=False)
     # Ports handed to kernels and not yet released (shared by all sessions).
     ports: PortReservations = attrs.field(factory=PortReservations, init=False)
+    #: The host's processes as the resource sampler last read them (one walk per tick).
+    processes: ProcessTable = attrs.field(factory=ProcessTable, init=False)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -227,11 +230,13 @@ class SessionRegistry:
         process tree, and other tasks must not wait for all of them at once.
         Like the output pumps, sampling steps aside while an HTTP request is
         in flight (the server's :class:`~kallichore.supervisor.pumps.PumpGate`).
+        The host's process table is read at most once for all of them.
         """
+        self.processes.next_tick()
         for session in list(self._sessions.values()):
             if session.connected:
                 await self.priority.wait_turn()
-                session.sample_resources(interval_ms)
+                session.sample_resources(interval_ms, self.processes)
                 await trio.lowlevel.checkpoint()
 
     async def shutdown_all(self) -> None:

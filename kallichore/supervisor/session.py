@@ -73,7 +73,7 @@ from kallichore.supervisor.lifeline import Lifeline
 from kallichore.supervisor.policy import KernelPolicy
 from kallichore.supervisor.ports import PortPickError, PortReservations, is_port_conflict
 from kallichore.supervisor.pumps import OpenGate, PumpGate
-from kallichore.supervisor.sampling import ResourceSampler, WorkingDirectoryProbe
+from kallichore.supervisor.sampling import ProcessTable, ResourceSampler, WorkingDirectoryProbe
 from kallichore.wire.codec import Signer
 from kallichore.wire.connection_file import (
     ConnectionInfo,
@@ -736,11 +736,14 @@ class KernelSession:
 
     # --------------------------------------------------------------- resources
 
-    def sample_resources(self, interval_ms: int) -> None:
-        """Measure the kernel's process tree; emit and store ``resourceUsage``."""
+    def sample_resources(self, interval_ms: int, processes: ProcessTable) -> None:
+        """Measure the kernel's process tree; emit and store ``resourceUsage``.
+
+        ``processes`` is the host's process table, shared by every session.
+        """
         pid = self.process_id
         if pid is None or not self.connected:
             return
-        usage = self._sampler.sample(pid, interval_ms)
+        usage = self._sampler.sample(pid, interval_ms, processes)
         self.resource_usage = usage
         self.emit_event({"resourceUsage": usage})
