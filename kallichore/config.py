@@ -65,7 +65,7 @@ DEFAULT_CLIENT_BUFFER_BYTES = 64 * 1024 * 1024  # bytes
 MIN_BUFFER_BYTES = 64 * 1024  # bytes
 MAX_BUFFER_BYTES = 16 * 1024 * 1024 * 1024  # bytes
 #: Length of a generated bearer token.
-TOKEN_HEX_CHARS = 16  # hex characters (8 random bytes)
+TOKEN_HEX_CHARS = 64  # hex characters (32 random bytes, as Kallichore 0.1.68)
 #: Longest token a token file may hold (Kallichore's limit).
 MAX_TOKEN_CHARS = 64  # characters
 

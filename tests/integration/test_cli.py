@@ -72,7 +72,7 @@ STATUS_KEYS = {
     "started",
     "server_id",
 }
-GENERATED_TOKEN = re.compile(r"[0-9a-f]{16}")
+GENERATED_TOKEN = re.compile(r"[0-9a-f]{64}")
 SECRET = "secret_token_12345"
 #: "Within a few seconds": how long a graceful shutdown may take.
 SHUTDOWN_BUDGET = 5.0  # seconds
